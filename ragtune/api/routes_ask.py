@@ -1,0 +1,211 @@
+"""Answers: POST /v1/ask (JSON or Server-Sent Events) and POST /v1/chat/completions (OpenAI)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from types import SimpleNamespace
+from typing import Any, AsyncIterator
+
+from fastapi import APIRouter, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import StreamingResponse
+
+from . import schemas as S
+from .answering import Prepared, answer_object, check_adapter, check_model, prepare
+from .auth import check_admin
+from .batching import GenJob, QueueFull
+from .deps import get_batcher, get_state
+from .errors import ApiError, error_body
+from .state import AppState
+
+router = APIRouter()
+
+_ERRORS = {422: {"description": "invalid request"}, 503: {"description": "queue full (Retry-After) or not loaded"}}
+
+
+def _busy(state: AppState, err: QueueFull) -> ApiError:
+    return ApiError(503, "busy", f"{err}; retry later", headers={"Retry-After": str(state.config.retry_after_s)})
+
+
+async def _prepare_and_queue(request: Request, *, question: str, mode: str, style: str, top_k: int,
+                             filters: dict | None, retriever: str | None, model: str | None,
+                             adapter: str | None, max_new_tokens: int | None,
+                             on_piece=None) -> tuple[AppState, Prepared, GenJob, float]:
+    """Validate, retrieve, build the prompt and queue the generation; 422/503 on failure."""
+    state = get_state(request)
+    batcher = get_batcher(request)
+    check_model(state, model)
+    if adapter is not None:
+        check_admin(state.config, request.headers.get("authorization"))
+        await run_in_threadpool(check_adapter, state, adapter)
+    try:
+        batcher.check_capacity()
+    except QueueFull as err:
+        raise _busy(state, err) from None
+    batcher.expect(+1)
+    try:
+        prep = await run_in_threadpool(prepare, state, question, mode, style, top_k, filters, retriever)
+    except BaseException:
+        batcher.expect(-1)
+        raise
+    job = GenJob(messages=prep.prompt.messages, max_new_tokens=max_new_tokens or state.config.default_max_new_tokens,
+                 adapter=adapter, on_piece=on_piece)
+    queued_at = time.perf_counter()
+    try:
+        batcher.submit(job, expected=True)
+    except QueueFull as err:
+        raise _busy(state, err) from None
+    return state, prep, job, queued_at
+
+
+async def _await_job(job: GenJob) -> Any:
+    try:
+        return await asyncio.wrap_future(job.future)
+    except asyncio.CancelledError:  # client went away: do not generate for nobody
+        job.cancelled.set()
+        job.future.cancel()
+        raise
+
+
+def _sse(event: str, data: Any) -> str:
+    return f"event: {event}\ndata: {json.dumps(data, ensure_ascii=False)}\n\n"
+
+
+class _Pieces:
+    """Bridges pieces from the worker thread into the event loop."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.queue: asyncio.Queue = asyncio.Queue()
+        self.text: list[str] = []
+        self.job: GenJob | None = None
+
+    def put(self, piece: str) -> None:  # worker thread
+        try:
+            self.loop.call_soon_threadsafe(self.queue.put_nowait, piece)
+        except RuntimeError:  # loop closed: the client is gone
+            if self.job is not None:
+                self.job.cancelled.set()
+
+    def watch(self, job: GenJob) -> None:
+        self.job = job
+        job.future.add_done_callback(lambda _f: self.put(None))  # type: ignore[arg-type]
+
+    async def __aiter__(self) -> AsyncIterator[str]:
+        while True:
+            piece = await self.queue.get()
+            if piece is None:
+                return
+            self.text.append(piece)
+            yield piece
+
+    def generation(self) -> Any:
+        """The finished Generation (or one rebuilt from the streamed text)."""
+        gen = self.job.future.result()
+        return gen if gen is not None else SimpleNamespace(text="".join(self.text), prompt_tokens=0,
+                                                           new_tokens=len(self.text), first_token_ms=0.0,
+                                                           generate_ms=0.0)
+
+
+def _stream_response(body: AsyncIterator[str]) -> StreamingResponse:
+    return StreamingResponse(body, media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+@router.post("/v1/ask", response_model=S.AskResponse, tags=["answer"], responses=_ERRORS)
+async def ask(request: Request, req: S.AskRequest):
+    """Answer a question with its sources (the `ragtune ask --json` object).
+
+    With `"stream": true` the reply is Server-Sent Events: `token` events
+    (`{"text": piece}`), then ONE `final` event with the whole answer object
+    (sources, cited, timings), or an `error` event.
+    """
+    pieces = _Pieces() if req.stream else None
+    state, prep, job, queued_at = await _prepare_and_queue(
+        request, question=req.question, mode=req.mode, style=req.style, top_k=req.top_k, filters=req.filters,
+        retriever=req.retriever, model=req.model, adapter=req.adapter, max_new_tokens=req.max_new_tokens,
+        on_piece=pieces.put if pieces else None)
+    model = state.model_name or ""
+    if pieces is None:
+        gen = await _await_job(job)
+        return answer_object(prep, gen, model, req.adapter, (time.perf_counter() - queued_at) * 1000 - gen.generate_ms)
+    pieces.watch(job)
+
+    async def events() -> AsyncIterator[str]:
+        try:
+            async for piece in pieces:
+                yield _sse("token", {"text": piece})
+            if job.future.exception() is not None:
+                yield _sse("error", error_body("generation_failed", "generation failed"))
+                return
+            yield _sse("final", answer_object(prep, pieces.generation(), model, req.adapter))
+        finally:
+            job.cancelled.set()
+
+    return _stream_response(events())
+
+
+# -- OpenAI-compatible ------------------------------------------------------------------
+
+def _usage(gen: Any) -> dict:
+    p, c = int(getattr(gen, "prompt_tokens", 0) or 0), int(getattr(gen, "new_tokens", 0) or 0)
+    return {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c}
+
+
+def _finish_reason(gen: Any, max_new_tokens: int) -> str:
+    return "length" if int(getattr(gen, "new_tokens", 0) or 0) >= max_new_tokens else "stop"
+
+
+def _ragtune_extra(answer: dict) -> dict:
+    return {"answer": answer["answer"], "cited": answer["cited"], "reasoning": answer.get("reasoning"),
+            "style": answer.get("style"), "adapter": answer.get("adapter"), "timings": answer["timings"]}
+
+
+@router.post("/v1/chat/completions", tags=["openai"], responses=_ERRORS)
+async def chat_completions(request: Request, req: S.ChatRequest):
+    """OpenAI-compatible chat: the last user message is the question, answered with
+    retrieval over the index; sources come back in the extra `sources` field. With
+    `stream: true`: `data: {chat.completion.chunk}` lines, then `data: [DONE]`."""
+    question = [m for m in req.messages if m.role == "user"][-1].content.strip()
+    max_new = req.max_completion_tokens or req.max_tokens
+    pieces = _Pieces() if req.stream else None
+    state, prep, job, _ = await _prepare_and_queue(
+        request, question=question, mode=req.mode, style=req.style, top_k=req.top_k, filters=req.filters,
+        retriever=None, model=None, adapter=req.adapter, max_new_tokens=max_new, on_piece=pieces.put if pieces else None)
+    limit = job.max_new_tokens
+    model = state.model_name or "ragtune"
+    cid, created = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
+    if pieces is None:
+        gen = await _await_job(job)
+        answer = answer_object(prep, gen, model, req.adapter)
+        return {"id": cid, "object": "chat.completion", "created": created, "model": model,
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": gen.text.strip()},
+                             "finish_reason": _finish_reason(gen, limit)}],
+                "usage": _usage(gen), "sources": answer["sources"], "ragtune": _ragtune_extra(answer)}
+    pieces.watch(job)
+
+    def chunk(delta: dict, finish: str | None = None, **extra) -> str:
+        body = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": model,
+                "choices": [{"index": 0, "delta": delta, "finish_reason": finish}], **extra}
+        return f"data: {json.dumps(body, ensure_ascii=False)}\n\n"
+
+    async def events() -> AsyncIterator[str]:
+        try:
+            yield chunk({"role": "assistant", "content": ""})
+            async for piece in pieces:
+                yield chunk({"content": piece})
+            if job.future.exception() is not None:
+                yield f"data: {json.dumps(error_body('generation_failed', 'generation failed'))}\n\n"
+            else:
+                gen = pieces.generation()
+                answer = answer_object(prep, gen, model, req.adapter)
+                yield chunk({}, _finish_reason(gen, limit), usage=_usage(gen), sources=answer["sources"],
+                            ragtune=_ragtune_extra(answer))
+            yield "data: [DONE]\n\n"
+        finally:
+            job.cancelled.set()
+
+    return _stream_response(events())
