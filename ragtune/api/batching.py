@@ -64,7 +64,9 @@ class Batcher:
     Args:
         generator: object with `generate(prompts, **overrides) -> list[Generation]`,
             `stream(messages, **overrides) -> Iterator[str]` and `.last_generation`.
-        select_adapter: called in the worker with the adapter name (or None) before a batch.
+        select_adapter: called in the worker with the adapter name (or None) before a batch,
+            to load it on first use; the batch then runs with `adapter=name` (the base model
+            stays loaded, nothing is reloaded).
         max_batch: most requests per generate call.
         wait_ms: how long the worker waits for a batch to fill.
         queue_size: most requests waiting; more raise QueueFull.
@@ -182,7 +184,7 @@ class Batcher:
                 if batch[0].stream:
                     self._run_stream(batch[0])
                 else:
-                    gens = self.generator.generate([j.messages for j in batch],
+                    gens = self.generator.generate([j.messages for j in batch], adapter=batch[0].adapter,
                                                    max_new_tokens=batch[0].max_new_tokens)
                     for job, gen in zip(batch, gens):
                         job.future.set_result(gen)
@@ -193,7 +195,7 @@ class Batcher:
                         job.future.set_exception(err)
 
     def _run_stream(self, job: GenJob) -> None:
-        pieces = self.generator.stream(job.messages, max_new_tokens=job.max_new_tokens)
+        pieces = self.generator.stream(job.messages, adapter=job.adapter, max_new_tokens=job.max_new_tokens)
         try:
             for piece in pieces:
                 if job.cancelled.is_set():
@@ -204,4 +206,4 @@ class Batcher:
             close = getattr(pieces, "close", None)
             if close is not None:
                 close()
-        job.future.set_result(getattr(self.generator, "last_generation", None))
+        job.future.set_result(getattr(pieces, "generation", None) or getattr(self.generator, "last_generation", None))

@@ -156,6 +156,9 @@ def _usage(gen: Any) -> dict:
 
 
 def _finish_reason(gen: Any, max_new_tokens: int) -> str:
+    reason = getattr(gen, "finish_reason", None)
+    if reason in ("stop", "length"):
+        return reason
     return "length" if int(getattr(gen, "new_tokens", 0) or 0) >= max_new_tokens else "stop"
 
 

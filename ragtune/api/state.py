@@ -86,15 +86,16 @@ class AppState:
 
     # -- generator ---------------------------------------------------------------
     def select_adapter(self, name: str | None) -> None:
-        """Worker-thread only: load an adapter on first use, then activate it (None: base model)."""
-        if name == self.active_adapter:
-            return
+        """Worker-thread only: load an adapter beside the base model on first use.
+
+        The batch then runs with `Generator.generate(..., adapter=name)`, so switching
+        per request needs no reload and no shared "current adapter" between requests.
+        """
         if name is not None and name not in self.loaded_adapters:
             from .adapters import adapter_path
 
             self.generator.load_adapter(name, adapter_path(self.adapters_dir, name))
             self.loaded_adapters.add(name)
-        self.generator.set_adapter(name)
         self.active_adapter = name
 
     def start_batcher(self) -> None:
