@@ -1,0 +1,286 @@
+"""Evaluation configs: one `EvalConfig` (data, model, retrieval settings) and a list of
+`ArmConfig`s (named combinations of mode, prompt style and adapter), loaded from YAML
+and validated early with errors that name the field.
+
+Relative paths in a config resolve against the current directory, then against the
+project root (so the shipped configs work from anywhere inside the checkout).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+
+MODES = ("closed", "rag", "gold")
+"""closed: no context; rag: retrieved sources; gold: the question's own paragraph (ceiling)."""
+STYLES = ("zero-shot", "few-shot", "cot")
+TRAIN_KINDS = ("raft", "closed", "inject")
+"""Training data for an adapter arm (the tuner's data.format): RAFT-style (question + retrieved
+chunks -> cited answer), closed-book question -> answer, or knowledge injection (causal LM on passages)."""
+QUESTION_SETS = ("eval", "disjoint")
+RETRIEVERS = ("dense", "bm25", "hybrid")
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+
+def resolve_path(value: str | Path | None, base: Path | None = None) -> Path | None:
+    """Resolve a config path: absolute as is; else the cwd, then `base` (config dir), then the project root."""
+    if value in (None, ""):
+        return None
+    p = Path(value).expanduser()
+    if p.is_absolute():
+        return p
+    for root in (Path.cwd(), base, PROJECT_ROOT):
+        if root is not None and (root / p).exists():
+            return (root / p).resolve()
+    return (Path.cwd() / p).resolve()
+
+
+@dataclass
+class TrainSpec:
+    """How to get the adapter of a tuned arm: reuse `adapter` if given, else train it with the tuner."""
+
+    recipe: str = "lora"
+    """Tuner recipe: a name in tuner/recipes (lora, qlora, bitfit, last-layers, full, ...) or a YAML path."""
+    kind: str = "raft"
+    """Training data: one of TRAIN_KINDS."""
+    data: str | None = None
+    """Training data: a file (SQuAD format or JSONL), or "pool" (the config's pool_data, the default),
+    "heldout" (questions of the eval file that are not evaluated), "corpus" (the eval corpus passages,
+    for kind inject). Evaluation questions never enter training (checked)."""
+    limit: int | None = 400
+    """Use at most this many training examples (seeded sample)."""
+    max_steps: int = 100
+    overrides: dict = field(default_factory=dict)
+    """Extra recipe settings, passed as `--set key=value`."""
+
+    def __post_init__(self) -> None:
+        if self.kind not in TRAIN_KINDS:
+            raise ValueError(f"train.kind must be one of {', '.join(TRAIN_KINDS)}, got {self.kind!r}")
+        if not isinstance(self.max_steps, int) or self.max_steps < 1:
+            raise ValueError(f"train.max_steps must be a positive integer, got {self.max_steps!r}")
+        if self.limit is not None and (not isinstance(self.limit, int) or self.limit < 1):
+            raise ValueError(f"train.limit must be a positive integer or null, got {self.limit!r}")
+        if not isinstance(self.overrides, dict):
+            raise ValueError("train.overrides must be a mapping of recipe keys to values")
+
+
+@dataclass
+class ArmConfig:
+    """One arm: a named way of answering the same questions."""
+
+    name: str
+    mode: str = "closed"
+    """closed | rag | gold (see MODES)."""
+    style: str = "zero-shot"
+    """zero-shot | few-shot | cot."""
+    prompt_style: str | None = None
+    """Explicit prompt-style name from the retriever registry (overrides mode + style)."""
+    k: int | None = None
+    """Sources retrieved (rag); None = the config's k."""
+    retriever: str | None = None
+    """dense | bm25 | hybrid; None = the config's retriever."""
+    context_budget: int | None = -1
+    """Max context tokens (generator tokenizer); -1 = the config's budget, None = no limit."""
+    shots: int | None = None
+    """Few-shot examples per question; None = the config's shots."""
+    order: str = "best-first"
+    """Source order in the prompt: best-first, or best-last (best source closest to the question)."""
+    max_new_tokens: int | None = None
+    """None = the config's max_new_tokens (cot arms get cot_max_new_tokens)."""
+    adapter: str | None = None
+    """An existing adapter (name under the adapters dir, or a path)."""
+    train: TrainSpec | None = None
+    """Train the adapter with the tuner (cached by its settings) when `adapter` is not given."""
+    questions: str = "eval"
+    """Question set: eval (the evaluation questions) or disjoint (forgetting check)."""
+
+    def __post_init__(self) -> None:
+        if not self.name or not isinstance(self.name, str) or any(c in self.name for c in "/\\ ,"):
+            raise ValueError(f"arm name must be a non-empty string without spaces, commas or slashes, got {self.name!r}")
+        if self.mode not in MODES:
+            raise ValueError(f"arm {self.name}: mode must be one of {', '.join(MODES)}, got {self.mode!r}")
+        if self.style not in STYLES:
+            raise ValueError(f"arm {self.name}: style must be one of {', '.join(STYLES)}, got {self.style!r}")
+        if self.retriever is not None and self.retriever not in RETRIEVERS:
+            raise ValueError(f"arm {self.name}: retriever must be one of {', '.join(RETRIEVERS)}")
+        if self.k is not None and (not isinstance(self.k, int) or self.k < 1):
+            raise ValueError(f"arm {self.name}: k must be a positive integer, got {self.k!r}")
+        if self.context_budget is not None and (not isinstance(self.context_budget, int) or self.context_budget < -1):
+            raise ValueError(f"arm {self.name}: context_budget must be a positive integer, -1 or null")
+        if self.shots is not None and (not isinstance(self.shots, int) or self.shots < 0):
+            raise ValueError(f"arm {self.name}: shots must be >= 0, got {self.shots!r}")
+        if self.order not in ("best-first", "best-last"):
+            raise ValueError(f"arm {self.name}: order must be best-first or best-last, got {self.order!r}")
+        if self.questions not in QUESTION_SETS:
+            raise ValueError(f"arm {self.name}: questions must be one of {', '.join(QUESTION_SETS)}")
+        if isinstance(self.train, dict):
+            self.train = _build(TrainSpec, self.train, f"arm {self.name}: train")
+        if self.adapter and self.train:
+            raise ValueError(f"arm {self.name}: give either adapter (reuse) or train (train it), not both")
+
+    @property
+    def tuned(self) -> bool:
+        return bool(self.adapter or self.train)
+
+    @property
+    def uses_retrieval(self) -> bool:
+        return self.mode == "rag"
+
+    @property
+    def uses_context(self) -> bool:
+        return self.mode in ("rag", "gold")
+
+
+@dataclass
+class EvalConfig:
+    """A whole evaluation run."""
+
+    name: str = "eval"
+    model: str = "qwen2.5-0.5b"
+    """Generator preset or path."""
+    dtype: str = "auto"
+    data: str = "../shared/data/squad/squad-dev-v1.1.json.gz"
+    """Evaluation questions: SQuAD-format JSON(.gz) or JSONL {question, answers, context?}."""
+    docs: str | None = None
+    """Documents to index for JSONL questions (SQuAD files index their own paragraphs)."""
+    limit: int | None = 500
+    """Number of evaluation questions (seeded sample of the file); None = all."""
+    sample: str = "random"
+    """random (seeded) | first."""
+    pool_data: str | None = "../shared/data/squad/squadshifts-new_wiki-v1.0.json.gz"
+    """Disjoint questions for few-shot examples and adapter training (never the eval questions)."""
+    disjoint_data: str | None = None
+    """Questions for arms with `questions: disjoint` (forgetting check); None = pool_data."""
+    disjoint_limit: int = 100
+    seed: int = 0
+    embedding_model: str = "all-minilm-l6-v2"
+    chunk_size: int = 256
+    chunk_overlap: int = 32
+    retriever: str = "hybrid"
+    k: int = 5
+    context_budget: int | None = None
+    """Context tokens for rag arms (None = no limit)."""
+    shots: int = 3
+    max_new_tokens: int = 32
+    cot_max_new_tokens: int = 160
+    batch_size: int = 8
+    bootstrap: int = 1000
+    """Bootstrap resamples for the confidence intervals."""
+    threads: int | None = None
+    """torch threads (None = leave torch's default)."""
+    cache_dir: str | None = None
+    """Index/doc/adapter cache (None = RAGTUNE_HOME/eval-cache)."""
+    arms: list[ArmConfig] = field(default_factory=list)
+    source: str | None = None
+    """The YAML file this config came from (set by load_config)."""
+
+    def __post_init__(self) -> None:
+        if self.limit is not None and (not isinstance(self.limit, int) or self.limit < 1):
+            raise ValueError(f"limit must be a positive integer or null, got {self.limit!r}")
+        if self.sample not in ("random", "first"):
+            raise ValueError(f"sample must be random or first, got {self.sample!r}")
+        if self.retriever not in RETRIEVERS:
+            raise ValueError(f"retriever must be one of {', '.join(RETRIEVERS)}, got {self.retriever!r}")
+        if self.dtype not in ("auto", "bf16", "fp32"):
+            raise ValueError(f"dtype must be auto, bf16 or fp32, got {self.dtype!r}")
+        for fname in ("k", "batch_size", "max_new_tokens", "cot_max_new_tokens", "bootstrap", "chunk_size",
+                      "disjoint_limit"):
+            v = getattr(self, fname)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise ValueError(f"{fname} must be a positive integer, got {v!r}")
+        if self.context_budget is not None and (not isinstance(self.context_budget, int) or self.context_budget < 1):
+            raise ValueError(f"context_budget must be a positive integer or null, got {self.context_budget!r}")
+        if not isinstance(self.shots, int) or self.shots < 0:
+            raise ValueError(f"shots must be >= 0, got {self.shots!r}")
+        arms = []
+        for i, a in enumerate(self.arms):
+            if isinstance(a, dict):
+                a = _build(ArmConfig, a, f"arms[{i}]")
+            elif not isinstance(a, ArmConfig):
+                raise ValueError(f"arms[{i}] must be a mapping, got {type(a).__name__}")
+            arms.append(a)
+        self.arms = arms
+        if not self.arms:
+            raise ValueError("arms: at least one arm is needed")
+        names = [a.name for a in self.arms]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"arms: duplicate arm names: {', '.join(dupes)}")
+        for a in self.arms:
+            if (a.style == "few-shot" or (a.train and a.train.data in (None, "pool"))) and not self.pool_data:
+                raise ValueError(f"arm {a.name} needs pool_data (few-shot examples / training data)")
+
+    # ---- resolved views
+    def arm(self, name: str) -> ArmConfig:
+        for a in self.arms:
+            if a.name == name:
+                return a
+        raise ValueError(f"no arm named {name!r}; arms: {', '.join(a.name for a in self.arms)}")
+
+    def select_arms(self, names: list[str]) -> None:
+        """Keep only the named arms (in the given order); unknown names are an error."""
+        self.arms = [self.arm(n) for n in names]
+
+    def path(self, value: str | None) -> Path | None:
+        return resolve_path(value, Path(self.source).parent if self.source else None)
+
+    def arm_k(self, arm: ArmConfig) -> int:
+        return arm.k or self.k
+
+    def arm_retriever(self, arm: ArmConfig) -> str:
+        return arm.retriever or self.retriever
+
+    def arm_budget(self, arm: ArmConfig) -> int | None:
+        return self.context_budget if arm.context_budget == -1 else arm.context_budget
+
+    def arm_shots(self, arm: ArmConfig) -> int:
+        return self.shots if arm.shots is None else arm.shots
+
+    def arm_max_new_tokens(self, arm: ArmConfig) -> int:
+        if arm.max_new_tokens:
+            return arm.max_new_tokens
+        return self.cot_max_new_tokens if arm.style == "cot" else self.max_new_tokens
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _build(cls, values: dict, where: str):
+    if not isinstance(values, dict):
+        raise ValueError(f"{where} must be a mapping, got {type(values).__name__}")
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ValueError(f"{where}: unknown field(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+    try:
+        return cls(**values)
+    except TypeError as err:  # missing required field
+        raise ValueError(f"{where}: {err}") from None
+
+
+def config_from_dict(values: dict, source: str | None = None) -> EvalConfig:
+    """Build and validate an EvalConfig from plain data (as read from YAML)."""
+    values = dict(values or {})
+    if source:
+        values["source"] = source
+    return _build(EvalConfig, values, "config")
+
+
+def load_config(path: str | Path) -> EvalConfig:
+    """Read an eval config YAML file (clear one-line errors for missing files and bad fields)."""
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no such eval config: {path}")
+    try:
+        values = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as err:
+        raise ValueError(f"{path}: not valid YAML: {str(err).splitlines()[0]}") from None
+    if not isinstance(values, dict):
+        raise ValueError(f"{path}: an eval config must be a YAML mapping")
+    try:
+        return config_from_dict(values, source=str(path.resolve()))
+    except ValueError as err:
+        raise ValueError(f"{path}: {err}") from None

@@ -1,0 +1,329 @@
+"""Run every arm of an EvalConfig on the same questions and append per-question rows to
+`OUT/results.jsonl` as it goes (resumable), then summarise and write the report.
+
+The expensive parts (generator, index, embedder) are loaded once and shared by all arms;
+adapters are attached by name and switched per arm without reloading the base model.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from eval.config import ArmConfig, EvalConfig
+from eval.data import (Corpus, build_corpus_index, check_no_leak, load_questions, pick_shots, prepare_corpus,
+                       sample_questions)
+from eval.scoring import score_row
+
+ROWS_FILE = "results.jsonl"
+ARMS_FILE = "arms.json"
+
+
+# ---------------------------------------------------------------- bookkeeping
+def read_rows(out_dir: Path) -> list[dict]:
+    """Rows already written (a torn last line from a killed run is ignored)."""
+    path = out_dir / ROWS_FILE
+    rows = []
+    if path.is_file():
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+    return rows
+
+
+def _append_rows(out_dir: Path, rows: list[dict]) -> None:
+    with open(out_dir / ROWS_FILE, "a", encoding="utf-8") as f:
+        for r in rows:
+            f.write(json.dumps(r, ensure_ascii=False) + "\n")
+        f.flush()
+
+
+def _repair_rows_file(out_dir: Path) -> None:
+    """Drop a torn last line left by a killed run, so appended rows start on a fresh line."""
+    path = out_dir / ROWS_FILE
+    if path.is_file():
+        data = path.read_bytes()
+        if data and not data.endswith(b"\n"):
+            path.write_bytes(data[: data.rfind(b"\n") + 1])
+
+
+def read_arm_meta(out_dir: Path) -> dict:
+    path = out_dir / ARMS_FILE
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+
+
+def _write_arm_meta(out_dir: Path, meta: dict) -> None:
+    tmp = out_dir / (ARMS_FILE + ".tmp")
+    tmp.write_text(json.dumps(meta, indent=2), encoding="utf-8")
+    tmp.replace(out_dir / ARMS_FILE)
+
+
+class PeakMemory:
+    """Peak resident memory (MB) of this process while the block runs (sampled every 0.2 s)."""
+
+    def __enter__(self):
+        self.peak_mb = _rss_mb()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def _sample(self):
+        while not self._stop.wait(0.2):
+            self.peak_mb = max(self.peak_mb, _rss_mb())
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self.peak_mb = max(self.peak_mb, _rss_mb())
+
+
+def _rss_mb() -> float:
+    try:
+        with open("/proc/self/statm") as f:
+            pages = int(f.read().split()[1])
+        import os
+
+        return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except (OSError, ValueError, IndexError):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+# ---------------------------------------------------------------- the run
+@dataclass
+class RunState:
+    """What every arm shares: questions, pools, and the lazily loaded components."""
+
+    config: EvalConfig
+    out_dir: Path
+    cache_dir: Path
+    questions: list = field(default_factory=list)
+    disjoint: list = field(default_factory=list)
+    pool: list = field(default_factory=list)
+    heldout: list = field(default_factory=list)
+    paragraphs: list = field(default_factory=list)
+    corpus: Corpus | None = None
+    index_dir: Path | None = None
+    searcher: object = None
+    generator: object = None
+    tokenizer: object = None
+    models_dir: Path | None = None
+    log: object = print
+    split: dict = field(default_factory=dict)
+
+
+def prepare(config: EvalConfig, out_dir: Path, cache_dir: Path, log=print) -> RunState:
+    """Load questions and pools (with the leakage guard); nothing heavy yet."""
+    from ragtune.qadata import load_examples
+
+    st = RunState(config=config, out_dir=out_dir, cache_dir=cache_dir, log=log)
+    data_path = config.path(config.data)
+    paragraphs, examples = load_questions(data_path)
+    st.paragraphs = paragraphs
+    st.questions = sample_questions(examples, config.limit, config.sample, config.seed)
+    if not st.questions:
+        raise ValueError(f"{data_path}: no questions with answers")
+    chosen = {q.id for q in st.questions}
+    st.heldout = [e for e in examples if e.id not in chosen and any(a.strip() for a in e.answers)]
+    st.split = {"eval_file": str(data_path), "eval_questions": len(st.questions), "sample": config.sample,
+                "seed": config.seed}
+    if config.pool_data:
+        pool_path = config.path(config.pool_data)
+        pool = sample_questions(load_examples(pool_path), None)
+        if any(a.questions == "disjoint" for a in config.arms) and not config.disjoint_data:
+            # forgetting check on pool questions that are then kept out of few-shot and training
+            st.disjoint = sample_questions(pool, config.disjoint_limit, "random", config.seed + 1)
+            held = {q.id for q in st.disjoint}
+            pool = [e for e in pool if e.id not in held]
+        check_no_leak(st.questions, pool, f"few-shot/training pool {pool_path.name}")
+        st.pool = pool
+        st.split.update(pool_file=str(pool_path), pool_questions=len(pool))
+    if config.disjoint_data and any(a.questions == "disjoint" for a in config.arms):
+        dis_path = config.path(config.disjoint_data)
+        st.disjoint = sample_questions(load_examples(dis_path), config.disjoint_limit, "random", config.seed + 1)
+        check_no_leak(st.questions, st.disjoint, f"disjoint set {dis_path.name}")
+    if st.disjoint:
+        st.split["disjoint_questions"] = len(st.disjoint)
+    return st
+
+
+def ensure_retrieval(st: RunState, embedder=None) -> None:
+    """Write the corpus, build (or reuse) its index and open a Searcher."""
+    if st.searcher is not None:
+        return
+    from indexer import open_index
+    from retriever import SearchConfig, Searcher
+
+    cfg = st.config
+    docs = cfg.path(cfg.docs) if cfg.docs else None
+    st.corpus = prepare_corpus(st.paragraphs, st.cache_dir, docs)
+    if embedder is None:
+        from indexer.embed import load_embedder
+
+        embedder = load_embedder(cfg.embedding_model, st.models_dir)
+    st.index_dir = build_corpus_index(st.corpus, st.cache_dir, embedding_model=cfg.embedding_model,
+                                      chunk_size=cfg.chunk_size, chunk_overlap=cfg.chunk_overlap,
+                                      models_dir=st.models_dir, embedder=embedder, log=st.log)
+    st.searcher = Searcher(open_index(st.index_dir), embedder, SearchConfig(retriever=cfg.retriever, k=cfg.k))
+
+
+def ensure_generator(st: RunState) -> None:
+    if st.generator is not None:
+        return
+    from generator import GenConfig, Generator, load_generator
+
+    cfg = st.config
+    model, tok = load_generator(cfg.model, st.models_dir, dtype=cfg.dtype)
+    st.tokenizer = tok
+    st.generator = Generator(model, tok, GenConfig(max_new_tokens=cfg.max_new_tokens), name=cfg.model)
+
+
+def _style_for(arm: ArmConfig):
+    from retriever.prompts import get_style
+
+    if arm.prompt_style:
+        return get_style(arm.prompt_style)
+    return get_style("closed" if arm.mode == "closed" else "rag", arm.style)
+
+
+def _retrieve(st: RunState, arm: ArmConfig, questions: list) -> tuple[list, list[float]]:
+    """Hits per question (best first) and the retrieval time per question (ms, batch / n)."""
+    cfg = st.config
+    k, retriever = cfg.arm_k(arm), cfg.arm_retriever(arm)
+    t0 = time.perf_counter()
+    hits = st.searcher.search_batch([q.question for q in questions], k=k, retriever=retriever)
+    per_q = (time.perf_counter() - t0) * 1000 / max(len(questions), 1)
+    return hits, [per_q] * len(questions)
+
+
+def _prompt_for(st: RunState, arm: ArmConfig, style, q, hits) -> tuple:
+    """(Prompt, included source texts or None) for one question."""
+    from retriever.hit import Hit
+
+    cfg = st.config
+    examples = pick_shots(st.pool, cfg.arm_shots(arm), q.id, cfg.seed) if style.few_shot else None
+    if arm.mode == "gold":
+        hits = [Hit.from_text(q.context or "", title=q.title or "", source=q.paragraph_id or "")]
+    if not style.uses_context:
+        return style.build(q.question, None, examples, tokenizer=st.tokenizer), None
+    fitted = style.fit_sources(hits or [], st.tokenizer, cfg.arm_budget(arm))
+    if arm.order == "best-last":
+        fitted = fitted[::-1]
+    prompt = style.build(q.question, fitted, examples, tokenizer=st.tokenizer, context_budget=None)
+    return prompt, [h.text for h in prompt.sources]
+
+
+def run_arm(st: RunState, arm: ArmConfig, done: set, progress=None) -> list[dict]:
+    """Answer the pending questions of one arm in batches; rows are appended as batches finish."""
+    cfg = st.config
+    style = _style_for(arm)
+    questions = st.disjoint if arm.questions == "disjoint" else st.questions
+    pending = [q for q in questions if (arm.name, q.id) not in done]
+    max_new = cfg.arm_max_new_tokens(arm)
+    written: list[dict] = []
+    for start in range(0, len(pending), cfg.batch_size):
+        batch = pending[start:start + cfg.batch_size]
+        if arm.uses_retrieval:
+            hits_list, ret_ms = _retrieve(st, arm, batch)
+        else:
+            hits_list, ret_ms = [None] * len(batch), [0.0] * len(batch)
+        built = [_prompt_for(st, arm, style, q, h) for q, h in zip(batch, hits_list)]
+        t0 = time.perf_counter()
+        gens = st.generator.generate([p.messages for p, _ in built], max_new_tokens=max_new)
+        gen_ms = (time.perf_counter() - t0) * 1000 / len(batch)
+        rows = []
+        for q, hits, (prompt, included), gen, rms in zip(batch, hits_list, built, gens, ret_ms):
+            parsed = style.parse(gen.text)
+            passages = [st.corpus.passage_of(h.source) for h in hits] if hits is not None else None
+            row = {"arm": arm.name, "qid": q.id, "question": q.question, "answers": list(q.answers),
+                   "prediction": parsed.answer, "raw": gen.text, "reasoning": parsed.reasoning,
+                   "cited": parsed.cited, "gold_passage": q.paragraph_id,
+                   "sources": [{"n": i, "source": h.source, "score": round(float(h.score), 5)}
+                               for i, h in enumerate(prompt.sources, 1)] if included is not None else None,
+                   "k": cfg.arm_k(arm) if arm.uses_retrieval else None,
+                   "prompt_tokens": gen.prompt_tokens, "new_tokens": gen.new_tokens,
+                   "retrieve_ms": round(rms, 2), "generate_ms": round(gen_ms, 2),
+                   "latency_ms": round(rms + gen_ms, 2), "batch_size": len(batch)}
+            row.update(score_row(prediction=parsed.answer, golds=q.answers, cited=parsed.cited, included=included,
+                                 retrieved_passages=passages, gold_passage=q.paragraph_id,
+                                 k=cfg.arm_k(arm) if arm.uses_retrieval else None))
+            rows.append(row)
+        _append_rows(st.out_dir, rows)
+        written.extend(rows)
+        if progress is not None:
+            progress.update(len(batch))
+    return written
+
+
+def run_eval(config: EvalConfig, out_dir: Path, *, resume: bool = False, cache_dir: Path | None = None,
+             models_dir: Path | None = None, adapters_dir: Path | None = None, log=print,
+             embedder=None, write_report: bool = True) -> dict:
+    """Run every arm, then write results.json and the report. Returns the results dict."""
+    import torch
+    from tqdm.auto import tqdm
+
+    from eval.adapters import obtain_adapter
+    from eval.report import build_results, write_reports
+    from ragtune.settings import Settings
+
+    settings = Settings.from_env()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    cache_dir = Path(cache_dir or config.path(config.cache_dir) or settings.home / "eval-cache")
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    rows_path = out_dir / ROWS_FILE
+    if rows_path.exists() and not resume:
+        raise ValueError(f"{out_dir} already holds results; pass --resume to continue them or choose another --out")
+    _repair_rows_file(out_dir)
+    done_rows = read_rows(out_dir) if resume else []
+    done = {(r["arm"], r["qid"]) for r in done_rows}
+    meta = read_arm_meta(out_dir) if resume else {}
+    (out_dir / "config.json").write_text(json.dumps(config.to_dict(), indent=2, default=str), encoding="utf-8")
+
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    torch.manual_seed(config.seed)
+    st = prepare(config, out_dir, cache_dir, log=log)
+    st.models_dir = models_dir or settings.models_dir
+    adapters_dir = adapters_dir or settings.adapters_dir
+    log(f"{len(st.questions)} eval questions from {st.split['eval_file']}; arms: "
+        + ", ".join(a.name for a in config.arms))
+    for arm in config.arms:
+        qs = st.disjoint if arm.questions == "disjoint" else st.questions
+        todo = sum(1 for q in qs if (arm.name, q.id) not in done)
+        if todo == 0:
+            log(f"[{arm.name}] done already ({len(qs)} questions)")
+            continue
+        with PeakMemory() as mem:
+            t0 = time.perf_counter()
+            info = meta.get(arm.name, {})
+            if arm.uses_retrieval:
+                ensure_retrieval(st, embedder)
+            ensure_generator(st)
+            if arm.tuned:
+                name, path, train_info = obtain_adapter(st, arm, adapters_dir)
+                if name not in st.generator.adapters():
+                    st.generator.load_adapter(name, path)
+                st.generator.set_adapter(name)
+                info.update(adapter=str(path), **train_info)
+            elif st.generator.adapters():
+                st.generator.set_adapter(None)
+            with tqdm(total=todo, desc=arm.name, unit="q", dynamic_ncols=True) as bar:
+                run_arm(st, arm, done, progress=bar)
+            wall = time.perf_counter() - t0
+        info["wall_seconds"] = round(info.get("wall_seconds", 0.0) + wall, 1)
+        info["peak_mem_mb"] = round(max(info.get("peak_mem_mb", 0.0), mem.peak_mb), 1)
+        meta[arm.name] = info
+        _write_arm_meta(out_dir, meta)
+    rows = read_rows(out_dir)
+    results = build_results(config, rows, meta, split=st.split)
+    (out_dir / "results.json").write_text(json.dumps(results, indent=2, default=str), encoding="utf-8")
+    if write_report:
+        write_reports(results, out_dir)
+    return results
