@@ -50,6 +50,14 @@ def tokenize(texts: list[str], config: BM25Config):
                           show_progress=False, allow_empty=True)
 
 
+def tokenize_strings(texts: list[str], config: BM25Config) -> list[list[str]]:
+    """Like `tokenize`, but the (stemmed) tokens as strings, for `BM25Index.scores`."""
+    import bm25s
+
+    return bm25s.tokenize(texts, stopwords=config.stopwords, stemmer=_stemmer(config.stemmer),
+                          show_progress=False, return_ids=False)
+
+
 def build_bm25(texts: list[str], ids: np.ndarray, out_dir: Path, config: BM25Config = BM25Config()) -> None:
     """Index `texts` (chunk `ids[i]` is `texts[i]`) and save everything into `out_dir`."""
     import bm25s
@@ -95,3 +103,10 @@ class BM25Index:
         rows, scores = self.model.retrieve(tokens, k=k, show_progress=False, n_threads=1, weight_mask=weight_mask)
         chunk_ids = np.where(scores > 0, self.ids[rows], -1)
         return chunk_ids, scores.astype(np.float32)
+
+    def scores(self, query: str) -> np.ndarray:
+        """BM25 score of every row for one query: `(len(self),)` float32, row i is chunk `ids[i]`."""
+        if self.model is None:
+            return np.zeros(len(self.ids), np.float32)
+        tokens = tokenize_strings([query], self.config)[0]
+        return np.asarray(self.model.get_scores(tokens), dtype=np.float32)

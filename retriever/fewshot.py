@@ -12,6 +12,7 @@ from typing import Any, Iterable
 import numpy as np
 
 from ragtune.qadata import QAExample, load_examples
+from retriever.embedding import encode_queries as _encode
 
 STRATEGIES = ("similar", "random")
 
@@ -36,21 +37,6 @@ class FewShotConfig:
             raise ValueError(f"FewShotConfig.k must be >= 0, got {self.k}")
         if self.strategy not in STRATEGIES:
             raise ValueError(f"FewShotConfig.strategy must be one of {', '.join(STRATEGIES)}; got {self.strategy!r}")
-
-
-def _encode(embedder: Any, texts: list[str]) -> np.ndarray:
-    """Normalised embeddings from a SentenceTransformer-like model or a callable texts -> array."""
-    if hasattr(embedder, "encode"):
-        try:
-            from indexer.embed import encode
-            vecs = encode(embedder, texts)
-        except ImportError:
-            vecs = embedder.encode(texts, normalize_embeddings=True, convert_to_numpy=True)
-    else:
-        vecs = embedder(texts)
-    vecs = np.asarray(vecs, dtype=np.float32)
-    norms = np.linalg.norm(vecs, axis=1, keepdims=True)
-    return vecs / np.maximum(norms, 1e-12)
 
 
 class ExamplePool:
