@@ -46,7 +46,10 @@ def _tuned(arms: dict, mode: str | None = None, questions: str = "eval") -> list
 
 # ---------------------------------------------------------------- claims
 def claim_rag_reduces_wrong(arms: dict) -> str:
-    closed, rag = _best(arms, _untuned(arms, "closed")), _best(arms, _untuned(arms, "rag"))
+    # same prompt style on both sides when possible (zero-shot first), else the best of each
+    pairs = [(c, r) for st in ("zero-shot", "few-shot", "cot")
+             for c in _untuned(arms, "closed", st) for r in _untuned(arms, "rag", st)]
+    closed, rag = pairs[0] if pairs else (_best(arms, _untuned(arms, "closed")), _best(arms, _untuned(arms, "rag")))
     if not closed or not rag:
         return NOT_MEASURED + " (needs an untuned closed-book arm and an untuned RAG arm)"
     wc, wr = arms[closed].get("wrong_answer_rate"), arms[rag].get("wrong_answer_rate")
@@ -172,7 +175,7 @@ def findings(arms: dict) -> list[str]:
     rag = [n for n in ranked if main[n].get("recall_at_k") is not None]
     for n in rag[:1]:
         s = main[n]
-        txt = f"Retrieval ({n}): the gold passage was in the top {s.get('k')} for {s['recall_at_k']:.1f}% of questions (MRR {s['mrr']:.3f})"
+        txt = f"Retrieval ({n}): the gold passage was in the top {s.get('k') or 'k'} for {s['recall_at_k']:.1f}% of questions (MRR {s['mrr']:.3f})"
         if s.get("em_gold_first") is not None and s.get("em_gold_later") is not None:
             txt += (f"; EM {s['em_gold_first']:.1f} when it ranked first vs {s['em_gold_later']:.1f} at lower ranks"
                     " (the split is observational: harder questions also rank worse)")

@@ -161,7 +161,8 @@ def _setup_lines(results: dict) -> list[str]:
              f"questions ({cfg.get('sample')} sample, seed {cfg.get('seed')}).",
              f"Retrieval: {cfg.get('retriever')} top-{cfg.get('k')} over the evaluation file's paragraphs written as "
              f"documents (embedding `{cfg.get('embedding_model')}`, chunks of {cfg.get('chunk_size')} tokens); "
-             f"context budget {cfg.get('context_budget') or 'none'} tokens.",
+             (f"context budget {cfg['context_budget']} tokens." if cfg.get("context_budget")
+              else "no context budget."),
              "Split: few-shot examples and adapter training data come from "
              f"`{split.get('pool_file', cfg.get('pool_data'))}` ({split.get('pool_questions', '?')} questions), "
              "disjoint from the evaluation questions (checked: no shared id or question text)."]
