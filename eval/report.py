@@ -154,6 +154,7 @@ def write_plots(results: dict, out_dir: Path) -> list[Path]:
 # ---------------------------------------------------------------- documents
 def _setup_lines(results: dict) -> list[str]:
     cfg, split = results.get("config", {}), results.get("split", {})
+    budget = f"context budget {cfg['context_budget']} tokens." if cfg.get("context_budget") else "no context budget."
     lines = [f"Model: `{cfg.get('model')}` (dtype {cfg.get('dtype')}), greedy decoding; "
              f"max new tokens {cfg.get('max_new_tokens')} (CoT {cfg.get('cot_max_new_tokens')}); batch size "
              f"{cfg.get('batch_size')}; seed {cfg.get('seed')}.",
@@ -161,8 +162,7 @@ def _setup_lines(results: dict) -> list[str]:
              f"questions ({cfg.get('sample')} sample, seed {cfg.get('seed')}).",
              f"Retrieval: {cfg.get('retriever')} top-{cfg.get('k')} over the evaluation file's paragraphs written as "
              f"documents (embedding `{cfg.get('embedding_model')}`, chunks of {cfg.get('chunk_size')} tokens); "
-             (f"context budget {cfg['context_budget']} tokens." if cfg.get("context_budget")
-              else "no context budget."),
+             + budget,
              "Split: few-shot examples and adapter training data come from "
              f"`{split.get('pool_file', cfg.get('pool_data'))}` ({split.get('pool_questions', '?')} questions), "
              "disjoint from the evaluation questions (checked: no shared id or question text)."]
