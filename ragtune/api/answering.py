@@ -1,89 +1,43 @@
-"""retrieve -> prompt -> (queued generation) -> answer object, split around the queue.
+"""The API's use of `ragtune.pipeline`, split around the generation queue.
 
-`prepare()` runs in a request thread (retrieval + prompt); generation goes through the
-batcher; `answer_object()` turns the generation into the same JSON as `ragtune ask --json`.
+`prepare()` runs in a request thread (retrieval + prompt, via `pipeline.prepare`);
+generation goes through the batcher; `answer_object()` (`pipeline.answer_object` plus
+the time spent queued) gives the same JSON as `ragtune ask --json`.
 """
 
 from __future__ import annotations
 
-import time
-from dataclasses import dataclass, field
 from typing import Any
 
+from ragtune import pipeline
+
 from .errors import ApiError, invalid
-from .routes_core import search_hits
 from .state import AppState
 
-MODES = {"rag": "rag", "closed-book": "closed", "closed": "closed"}
-
-
-@dataclass
-class Prepared:
-    question: str
-    style: Any
-    """retriever.PromptStyle"""
-    prompt: Any
-    """retriever.Prompt (messages + the numbered sources it includes)"""
-    retrieve_ms: float = 0.0
-    extra: dict = field(default_factory=dict)
+Prepared = pipeline.Prepared
 
 
 def prepare(state: AppState, question: str, mode: str, style: str, top_k: int,
             filters: dict | None = None, retriever: str | None = None) -> Prepared:
-    """Retrieve (RAG mode) and build the prompt. Raises ApiError (422/503) on bad input."""
-    from retriever import get_style
-
-    style_obj = get_style(MODES[mode], style)
-    hits: list = []
-    t0 = time.perf_counter()
-    if style_obj.uses_context:
-        handle = state.index
-        if handle is None:
-            raise ApiError(503, "no_index", "no index is loaded: use mode 'closed-book' or start with --index")
-        hits = search_hits(handle, question, top_k, filters, retriever)
-    retrieve_ms = (time.perf_counter() - t0) * 1000
-    examples = None
-    if style_obj.few_shot:
-        pool = state.example_pool()
-        examples = pool.select(question) if pool is not None else None
-    tokenizer = getattr(state.generator, "tokenizer", None)
-    prompt = style_obj.build(question, sources=hits, examples=examples, tokenizer=tokenizer,
-                             context_budget=state.config.context_budget)
-    return Prepared(question=question, style=style_obj, prompt=prompt, retrieve_ms=retrieve_ms)
-
-
-def sources_of(prompt: Any) -> list[dict]:
-    """The numbered sources given to the model: n, chunk_id, source, score, text (+ where)."""
-    out = []
-    for n, hit in enumerate(prompt.sources, 1):
-        out.append({"n": n, "chunk_id": hit.chunk_id, "source": hit.source, "score": float(hit.score),
-                    "text": hit.text, "title": hit.title, "heading": hit.heading, "page": hit.page})
-    return out
-
-
-def timings_of(prep: Prepared, gen: Any, queue_ms: float | None = None) -> dict:
-    gen_ms = float(getattr(gen, "generate_ms", 0.0) or 0.0)
-    new = int(getattr(gen, "new_tokens", 0) or 0)
-    t = {"retrieve_ms": round(prep.retrieve_ms, 2), "prompt_tokens": int(getattr(gen, "prompt_tokens", 0) or 0),
-         "new_tokens": new, "first_token_ms": round(float(getattr(gen, "first_token_ms", 0.0) or 0.0), 2),
-         "generate_ms": round(gen_ms, 2), "tokens_per_s": round(new / (gen_ms / 1000), 2) if gen_ms > 0 else 0.0}
-    if queue_ms is not None:
-        t["queue_ms"] = round(queue_ms, 2)
-    return t
+    """Retrieve (RAG mode) against the live index and build the prompt; 422/503 on bad input."""
+    options = pipeline.AskOptions(mode=mode, style=style, k=top_k, retriever=retriever, filters=filters,
+                                  context_budget=state.config.context_budget)
+    handle = state.index  # one reference read: this request uses one whole index generation
+    if pipeline.MODES[mode] == "rag" and handle is None:
+        raise ApiError(503, "no_index", "no index is loaded: use mode 'closed-book' or start with --index")
+    try:
+        return pipeline.prepare(question, options, searcher=handle.searcher if handle else None,
+                                pool=state.example_pool(), tokenizer=getattr(state.generator, "tokenizer", None))
+    except (ValueError, KeyError) as err:  # a filter or retriever the searcher rejects
+        raise invalid(str(err).strip("'\"") or "invalid request", "filters" if filters else "retriever") from None
 
 
 def answer_object(prep: Prepared, gen: Any, model: str, adapter: str | None,
                   queue_ms: float | None = None) -> dict:
-    """The `ragtune ask --json` object for one generation."""
-    parsed = prep.style.parse(gen.text)
-    n_sources = len(prep.prompt.sources)
-    out = {"answer": parsed.answer}
-    if prep.style.cot:
-        out["reasoning"] = parsed.reasoning
-    out.update({"sources": sources_of(prep.prompt),
-                "cited": [n for n in parsed.cited if 1 <= n <= n_sources],
-                "model": model, "adapter": adapter, "style": prep.style.name, "raw": gen.text,
-                "timings": timings_of(prep, gen, queue_ms)})
+    """The `ragtune ask --json` object (+ `timings.queue_ms`: time waiting for the model)."""
+    out = pipeline.answer_object(prep, gen, model, adapter)
+    if queue_ms is not None:
+        out["timings"]["queue_ms"] = round(max(0.0, queue_ms), 2)
     return out
 
 

@@ -38,7 +38,9 @@ class ApiConfig:
     adapters_dir: Path | None = None
     """Where adapters live (None: Settings.adapters_dir)."""
     default_max_new_tokens: int = 128
-    """max_new_tokens when a request does not say (requests may ask up to schemas.MAX_NEW_TOKENS)."""
+    """max_new_tokens when a request does not say."""
+    max_new_tokens_cap: int = 1024
+    """Most tokens a request may ask for (more: 422); at most schemas.MAX_NEW_TOKENS."""
     queue_size: int = 32
     """Generation requests waiting at most; beyond that: 503 with Retry-After."""
     max_batch: int = 8
@@ -61,9 +63,12 @@ class ApiConfig:
             self.examples = Path(self.examples)
         if not (0 < self.port < 65536):
             raise ValueError(f"ApiConfig.port must be in 1..65535, got {self.port}")
-        for name in ("queue_size", "max_batch", "default_max_new_tokens", "retry_after_s"):
+        for name in ("queue_size", "max_batch", "default_max_new_tokens", "max_new_tokens_cap", "retry_after_s"):
             if getattr(self, name) < 1:
                 raise ValueError(f"ApiConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if self.default_max_new_tokens > self.max_new_tokens_cap:
+            raise ValueError(f"ApiConfig.default_max_new_tokens ({self.default_max_new_tokens}) must be <= "
+                             f"max_new_tokens_cap ({self.max_new_tokens_cap})")
         if self.context_budget is not None and self.context_budget < 16:
             raise ValueError(f"ApiConfig.context_budget must be >= 16 or None, got {self.context_budget}")
         if self.batch_wait_ms < 0:

@@ -18,7 +18,7 @@ from .answering import Prepared, answer_object, check_adapter, check_model, prep
 from .auth import check_admin
 from .batching import GenJob, QueueFull
 from .deps import get_batcher, get_state
-from .errors import ApiError, error_body
+from .errors import ApiError, error_body, invalid
 from .state import AppState
 
 router = APIRouter()
@@ -38,6 +38,8 @@ async def _prepare_and_queue(request: Request, *, question: str, mode: str, styl
     state = get_state(request)
     batcher = get_batcher(request)
     check_model(state, model)
+    if max_new_tokens is not None and max_new_tokens > state.config.max_new_tokens_cap:
+        raise invalid(f"max_new_tokens must be <= {state.config.max_new_tokens_cap} on this server", "max_new_tokens")
     if adapter is not None:
         check_admin(state.config, request.headers.get("authorization"))
         await run_in_threadpool(check_adapter, state, adapter)

@@ -60,7 +60,7 @@ def search(request: Request, req: S.SearchRequest) -> dict:
     """Top-k chunks for a question, no generation (same fields as `ragtune search --json`)."""
     handle = get_index(request)  # after body validation: a bad request is a 422 even without an index
     hits = search_hits(handle, req.question, req.top_k, req.filters, req.retriever)
-    return {"hits": [h.to_dict() for h in hits]}
+    return {"hits": [h.to_dict() for h in hits], "generation": handle.reader.meta.generation}
 
 
 def index_info(handle: IndexHandle) -> dict:
@@ -97,7 +97,7 @@ def rebuild_work(state: AppState, docs_dir: Path, full: bool):
                               models_dir=state.settings.models_dir, rebuild=full, progress=False,
                               on_progress=report)
         report(1, 1, "swapping")
-        new = open_handle(state.config.index_dir, state.embedder)
+        new = open_handle(state.config.index_dir, state.embedder, state.settings.models_dir)
         state.swap_index(new)
         out = summary.to_dict() if hasattr(summary, "to_dict") else dict(summary)
         out["generation"] = new.reader.meta.generation

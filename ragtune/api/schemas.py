@@ -70,6 +70,7 @@ class Hit(BaseModel):
 
 class SearchResponse(BaseModel):
     hits: list[Hit]
+    generation: int | None = Field(None, description="index generation that answered")
 
 
 class AskRequest(_Strict):

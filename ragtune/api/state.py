@@ -53,14 +53,17 @@ class AppState:
         self._pool_lock = threading.Lock()
 
     def example_pool(self) -> Any:
-        """The few-shot example pool (`config.examples`), loaded on first use; None if unset."""
-        if self.config.examples is None:
-            return None
+        """The few-shot pool: `config.examples` or the pipeline's built-in one, loaded on first use."""
         with self._pool_lock:
             if self._pool is None:
-                from retriever import ExamplePool
+                if self.config.examples is not None:
+                    from retriever import ExamplePool
 
-                self._pool = ExamplePool.from_file(self.config.examples, embedder=self.embedder)
+                    self._pool = ExamplePool.from_file(self.config.examples, embedder=self.embedder)
+                else:
+                    from ragtune.pipeline import default_pool
+
+                    self._pool = default_pool(self.embedder)
             return self._pool
 
     # -- index -------------------------------------------------------------------
@@ -125,13 +128,14 @@ def _close(handle: IndexHandle) -> None:
         log.debug("closing index reader failed", exc_info=True)
 
 
-def open_handle(index_dir: Path, embedder: Any) -> IndexHandle:
+def open_handle(index_dir: Path, embedder: Any, models_dir: Path | None = None) -> IndexHandle:
     """Open the current generation of `index_dir` with a searcher sharing `embedder`."""
     from indexer import open_index
     from retriever import Searcher
 
     reader = open_index(index_dir)
-    return IndexHandle(reader=reader, searcher=Searcher(reader, embedder), opened_at=time.time())
+    return IndexHandle(reader=reader, searcher=Searcher(reader, embedder, models_dir=models_dir),
+                       opened_at=time.time())
 
 
 def load_state(config: ApiConfig, settings: Settings | None = None) -> AppState:
@@ -144,18 +148,18 @@ def load_state(config: ApiConfig, settings: Settings | None = None) -> AppState:
 
         if not Path(config.index_dir).is_dir():
             raise FileNotFoundError(f"index folder not found: {config.index_dir} (build it with `ragtune index`)")
-        probe = open_index(config.index_dir)
-        embedder = load_embedder(probe.meta.embedding_model, settings.models_dir)
         from retriever import Searcher
 
-        index = IndexHandle(reader=probe, searcher=Searcher(probe, embedder), opened_at=time.time())
+        reader = open_index(config.index_dir)
+        embedder = load_embedder(reader.meta.embedding_model, settings.models_dir)
+        index = IndexHandle(reader=reader, searcher=Searcher(reader, embedder, models_dir=settings.models_dir),
+                            opened_at=time.time())
     model_name = None
     if config.load_generator:
-        from generator import Generator, load_generator
+        from generator import Generator
 
         model_name = config.model or settings.generator_model
-        model, tokenizer = load_generator(model_name, settings.models_dir, dtype=config.dtype)
-        generator = Generator(model, tokenizer, name=Path(model_name).name if "/" in model_name else model_name)
+        generator = Generator.from_pretrained(model_name, settings.models_dir, dtype=config.dtype)
     state = AppState(config, settings, index=index, embedder=embedder, generator=generator, model_name=model_name)
     state.start_batcher()
     return state

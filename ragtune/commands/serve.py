@@ -23,6 +23,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-wait-ms", type=float, default=15.0, help="how long a batch waits to fill")
     p.add_argument("--queue-size", type=int, default=32, help="waiting generations before 503")
     p.add_argument("--max-new-tokens", type=int, default=128, help="default answer length in tokens")
+    p.add_argument("--max-new-tokens-cap", type=int, default=1024, help="most tokens a request may ask for")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     p.set_defaults(func=run_serve)
 
@@ -49,7 +50,8 @@ def run_serve(args: argparse.Namespace) -> int:
                                 allow_local_noauth=True if args.no_auth_local else None,
                                 examples=args.examples, max_batch=args.max_batch,
                                 batch_wait_ms=args.batch_wait_ms, queue_size=args.queue_size,
-                                default_max_new_tokens=args.max_new_tokens)
+                                default_max_new_tokens=args.max_new_tokens,
+                                max_new_tokens_cap=args.max_new_tokens_cap)
     if config.allow_local_noauth and not config.loopback_only:
         raise CLIError(f"--no-auth-local needs a loopback host (127.0.0.1, ::1, localhost), not {args.host}")
     uvicorn.run(create_app(config), host=args.host, port=args.port, log_level=args.log_level,
