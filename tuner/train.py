@@ -205,7 +205,7 @@ def train_loop(model, tokenizer, train_feats: Sequence[Features], val_feats: Seq
             for b in micro:
                 loss, _ = _forward_loss(model, b, autocast)
                 (loss / max(n_labels, 1)).backward()
-                step_loss += float(loss)
+                step_loss += float(loss.detach())
                 tokens += b["n_tokens"]
             if cfg.clip:
                 torch.nn.utils.clip_grad_norm_(params, cfg.clip)
