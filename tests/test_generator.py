@@ -1,0 +1,332 @@
+"""Generator: loading, batched/streamed generation, stopping, adapters, the answer pipeline.
+
+A tiny random Llama (2 layers, hidden 64) with the REAL SmolLM2 tokenizer (so the chat
+template and end-of-turn tokens are real) is built once per session; fp32 so that
+batched and sequential greedy decoding agree exactly.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from generator import GenConfig, Generation, Generator, load_generator, model_fingerprint  # noqa: E402
+from generator.adapters import META_NAME, STATE_DICT_FILE  # noqa: E402
+from ragtune import hub  # noqa: E402
+
+PROMPTS = [
+    [{"role": "user", "content": "Hi"}],
+    [{"role": "system", "content": "Answer from the sources."},
+     {"role": "user", "content": "Sources:\n[1] The Eiffel Tower was finished in 1889 and is 330 metres tall.\n\n"
+                                 "Question: When was the Eiffel Tower finished?"}],
+    [{"role": "user", "content": "Name three rivers in Europe, and say which is the longest of them."}],
+    [{"role": "user", "content": "What is two plus two?"}],
+]
+
+
+def _smollm_tokenizer(models_dir: Path):
+    from transformers import AutoTokenizer
+
+    preset = models_dir / "smollm2-135m"
+    if not hub.is_pulled("smollm2-135m", models_dir):
+        pytest.skip("smollm2-135m is not pulled (run: ragtune models pull smollm2-135m)")
+    if (preset / "hf" / "tokenizer.json").is_file():
+        return AutoTokenizer.from_pretrained(str(preset / "hf"))
+    return AutoTokenizer.from_pretrained(str(preset), gguf_file=hub.GGUF_NAME)
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(tmp_path_factory, models_dir) -> Path:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tokenizer = _smollm_tokenizer(models_dir)
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
+                         tie_word_embeddings=False, bos_token_id=1, eos_token_id=2, pad_token_id=2,
+                         initializer_range=0.2)  # large random weights: varied text, no near-ties
+    model = LlamaForCausalLM(config)
+    out = tmp_path_factory.mktemp("tiny-llama")
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny(tiny_dir) -> Generator:
+    model, tokenizer = load_generator(str(tiny_dir), dtype="fp32", device="cpu")
+    return Generator(model, tokenizer, GenConfig(max_new_tokens=12, batch_size=3))
+
+
+@pytest.fixture()
+def gen(tiny):
+    """The shared tiny generator, with no adapter selected and any hooks removed after the test."""
+    yield tiny
+    tiny.set_adapter(None)
+
+
+class LogitBias:
+    """Forward hook on lm_head: add `value` to `token_id`'s logit from decoding step `after` on."""
+
+    def __init__(self, model, token_ids: list[int], value: float, after: int = 0) -> None:
+        self.token_ids, self.value, self.after, self.calls = token_ids, value, after, 0
+        head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else model.lm_head
+        self.handle = head.register_forward_hook(self)
+
+    def __call__(self, module, inputs, output):
+        step, self.calls = self.calls, self.calls + 1  # call 0 = the prompt, then one per new token
+        if step >= self.after:
+            output[..., self.token_ids] += self.value
+        return output
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.handle.remove()
+
+
+# ------------------------------------------------------------------------------- config / loading
+def test_genconfig_validates():
+    for bad in ({"max_new_tokens": 0}, {"max_new_tokens": 5000}, {"temperature": 0}, {"top_p": 1.5},
+                {"batch_size": 0}, {"top_k": -1}):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            GenConfig(**bad)
+    with pytest.raises(ValueError, match="unknown generation option"):
+        GenConfig().replace(max_tokens=3)
+    assert GenConfig().replace(max_new_tokens=7, do_sample=None).max_new_tokens == 7
+
+
+def test_missing_preset_says_how_to_pull(tmp_path):
+    with pytest.raises(hub.ModelNotFound, match="ragtune models pull qwen2.5-0.5b"):
+        load_generator("qwen2.5-0.5b", models_dir=tmp_path)
+    with pytest.raises(hub.ModelNotFound, match="neither a local path nor a preset"):
+        model_fingerprint("no-such-model", models_dir=tmp_path)
+
+
+def test_fingerprint_of_a_folder_tracks_config_and_weights(tiny_dir, tiny, tmp_path):
+    fp = model_fingerprint(str(tiny_dir))
+    assert tiny.fingerprint == fp and len(fp) == 64
+    other = tmp_path / "other"
+    other.mkdir()
+    config = json.loads((tiny_dir / "config.json").read_text())
+    config["num_hidden_layers"] = 3
+    (other / "config.json").write_text(json.dumps(config))
+    assert model_fingerprint(str(other)) != fp
+
+
+# ------------------------------------------------------------------------------- generation
+def test_left_padding_and_mask(gen):
+    ids, mask = gen._batch_tensors([[5, 6, 7], [8]])
+    assert ids.tolist() == [[5, 6, 7], [gen.pad_id, gen.pad_id, 8]]
+    assert mask.tolist() == [[1, 1, 1], [0, 0, 1]]
+
+
+def test_end_of_turn_ids_include_eos_and_im_end(gen):
+    vocab = gen.tokenizer.get_vocab()
+    assert vocab["<|im_end|>"] in gen.stop_ids and gen.tokenizer.eos_token_id in gen.stop_ids
+    assert vocab["<|endoftext|>"] in gen.stop_ids
+
+
+def test_prompt_uses_the_chat_template(gen):
+    text = gen.render(PROMPTS[0])
+    assert text.endswith("<|im_start|>assistant\n") and "<|im_start|>user\nHi<|im_end|>" in text
+    with pytest.raises(ValueError, match="messages"):
+        gen.render([{"content": "no role"}])
+
+
+def test_batched_equals_sequential_greedy(gen):
+    batched = gen.generate(PROMPTS, batch_size=3)  # sorted by length: sub-batches of 3 and 1, padded
+    sequential = [gen.generate([p], batch_size=1)[0] for p in PROMPTS]
+    assert [b.text for b in batched] == [s.text for s in sequential]
+    assert [b.prompt_tokens for b in batched] == [len(gen.encode(p)) for p in PROMPTS]
+    assert len({b.prompt_tokens for b in batched}) == len(PROMPTS)  # lengths differ: padding was exercised
+    assert all(b.new_tokens > 0 and b.generate_ms > 0 and 0 < b.first_token_ms <= b.generate_ms for b in batched)
+
+
+def test_stops_at_end_of_turn(gen):
+    im_end = gen.tokenizer.convert_tokens_to_ids("<|im_end|>")
+    with LogitBias(gen.model, [im_end], 1e4, after=4):
+        out = gen.generate(PROMPTS[:2], max_new_tokens=20)
+    for g in out:
+        assert g.finish_reason == "stop" and g.new_tokens == 4
+        assert "<|im_end|>" not in g.text
+
+
+def test_max_new_tokens_bounds_the_answer(gen):
+    with LogitBias(gen.model, gen.stop_ids, -1e4):  # never stop on its own
+        out = gen.generate(PROMPTS[:2], max_new_tokens=5)
+    assert [(g.new_tokens, g.finish_reason) for g in out] == [(5, "length"), (5, "length")]
+    with pytest.raises(ValueError, match="max_new_tokens"):
+        gen.generate(PROMPTS[:1], max_new_tokens=4096)
+
+
+def test_sampling_is_seeded(gen):
+    a = gen.generate(PROMPTS[:1], do_sample=True, temperature=1.5, seed=7)[0].text
+    b = gen.generate(PROMPTS[:1], do_sample=True, temperature=1.5, seed=7)[0].text
+    assert a == b
+
+
+def test_stream_yields_the_same_text_as_generate(gen):
+    expected = gen.generate([PROMPTS[1]])[0]
+    stream = gen.stream(PROMPTS[1])
+    pieces = list(stream)
+    assert len(pieces) > 1 and "".join(pieces) == expected.text
+    assert stream.generation.text == expected.text and stream.generation.new_tokens == expected.new_tokens
+    assert 0 < stream.generation.first_token_ms < stream.generation.generate_ms
+    assert gen.last_generation is stream.generation
+
+
+def test_stream_closed_early_releases_the_generator(gen):
+    with LogitBias(gen.model, gen.stop_ids, -1e4):
+        stream = gen.stream(PROMPTS[0], max_new_tokens=200)
+        next(stream)
+        stream.close()
+    assert gen.generate([PROMPTS[0]], max_new_tokens=2)[0].new_tokens == 2  # the lock was released
+
+
+# ------------------------------------------------------------------------------- adapters
+def _write_meta(path: Path, kind: str, fingerprint: str) -> None:
+    (path / META_NAME).write_text(json.dumps({"name": path.name, "method": "test", "kind": kind,
+                                              "base_model": "tiny", "base_fingerprint": fingerprint}))
+
+
+@pytest.fixture(scope="session")
+def adapter_dirs(tiny_dir, tmp_path_factory) -> dict[str, Path]:
+    from peft import LoraConfig, get_peft_model
+    from safetensors.torch import save_file
+    from transformers import AutoModelForCausalLM
+
+    root = tmp_path_factory.mktemp("adapters")
+    fp = model_fingerprint(str(tiny_dir))
+    torch.manual_seed(1)
+    base = AutoModelForCausalLM.from_pretrained(str(tiny_dir), dtype=torch.float32)
+    lora = get_peft_model(base, LoraConfig(r=4, lora_alpha=16, target_modules=["q_proj", "v_proj"],
+                                           init_lora_weights=False))
+    out = {"lora": root / "lora", "sd": root / "sd", "alien": root / "alien"}
+    lora.save_pretrained(out["lora"])
+    _write_meta(out["lora"], "peft", fp)
+    base = lora.unload()
+    for name, fingerprint in (("sd", fp), ("alien", "0" * 64)):
+        out[name].mkdir()
+        w = base.model.layers[1].mlp.down_proj.weight
+        save_file({"model.layers.1.mlp.down_proj.weight": torch.randn_like(w) * 0.5}, out[name] / STATE_DICT_FILE)
+        _write_meta(out[name], "state_dict", fingerprint)
+    return out
+
+
+def test_adapters_switch_per_request_without_reloading(tiny_dir, adapter_dirs):
+    model, tokenizer = load_generator(str(tiny_dir), dtype="fp32", device="cpu")
+    g = Generator(model, tokenizer, GenConfig(max_new_tokens=10))
+    weight = model.model.layers[1].mlp.down_proj.weight
+    original = weight.detach().clone()
+    base = [x.text for x in g.generate(PROMPTS[:2])]
+    g.load_adapter("sd", adapter_dirs["sd"])
+    g.load_adapter("lora", adapter_dirs["lora"])
+    assert g.adapters() == ["lora", "sd"]
+    assert [x.text for x in g.generate(PROMPTS[:2])] == base  # loading does not activate
+    lora = [x.text for x in g.generate(PROMPTS[:2], adapter="lora")]
+    sd = [x.text for x in g.generate(PROMPTS[:2], adapter="sd")]
+    assert lora != base and sd != base and lora != sd
+    g.set_adapter("lora")
+    assert [x.text for x in g.generate(PROMPTS[:2])] == lora and g.last_generation.adapter == "lora"
+    assert [x.text for x in g.generate(PROMPTS[:2], adapter=None)] == base
+    assert [x.text for x in g.generate(PROMPTS[:2], adapter="sd")] == sd
+    assert "".join(g.stream(PROMPTS[1], adapter="sd")) == sd[1]
+    g.set_adapter(None)
+    assert [x.text for x in g.generate(PROMPTS[:2])] == base
+    assert torch.equal(weight, original)  # the state_dict adapter's swap was undone
+    with pytest.raises(ValueError, match="not loaded"):
+        g.set_adapter("nope")
+    with pytest.raises(ValueError, match="already loaded"):
+        g.load_adapter("lora", adapter_dirs["lora"])
+
+
+def test_concurrent_callers_do_not_interleave_adapters(tiny_dir, adapter_dirs):
+    model, tokenizer = load_generator(str(tiny_dir), dtype="fp32", device="cpu")
+    g = Generator(model, tokenizer, GenConfig(max_new_tokens=6))
+    g.load_adapter("sd", adapter_dirs["sd"])
+    expected = {a: g.generate(PROMPTS[1:2], adapter=a)[0].text for a in (None, "sd")}
+    got: list[tuple] = []
+
+    def worker(adapter):
+        for _ in range(3):
+            got.append((adapter, g.generate(PROMPTS[1:2], adapter=adapter)[0].text))
+
+    threads = [threading.Thread(target=worker, args=(a,)) for a in (None, "sd", None, "sd")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(got) == 12 and all(text == expected[a] for a, text in got)
+
+
+def test_adapter_for_another_base_is_refused(gen, adapter_dirs, tmp_path):
+    with pytest.raises(ValueError, match=r"trained on base model tiny \(fingerprint 000000000000\)"):
+        gen.load_adapter("alien", adapter_dirs["alien"])
+    assert "alien" not in gen.adapters()
+    with pytest.raises(FileNotFoundError, match="not an adapter"):
+        gen.load_adapter("empty", tmp_path)
+
+
+# ------------------------------------------------------------------------------- answer pipeline
+class FakeSearcher:
+    """A searcher over fixed hits (the pipeline takes any object with .search)."""
+
+    def __init__(self, texts):
+        from retriever import Hit
+
+        self.hits = [Hit(chunk_id=f"c{i}", id=i, source=f"doc{i}.txt", text=t, score=1.0 - i / 10)
+                     for i, t in enumerate(texts)]
+
+    def search(self, question, k=5, filters=None, retriever=None):
+        return self.hits[:k]
+
+
+def test_answer_object_from_sources_and_generation():
+    from ragtune.pipeline import AskOptions, answer_object, prepare
+
+    searcher = FakeSearcher(["Paris is the capital of France.", "Berlin is the capital of Germany."])
+    prepared = prepare("What is the capital of France?", AskOptions(style="cot", k=2), searcher=searcher)
+    gen = Generation(text="Source [1] says Paris.\nAnswer: Paris [1] [7]", prompt_tokens=50, new_tokens=10,
+                     first_token_ms=20.0, generate_ms=500.0)
+    out = answer_object(prepared, gen, "tiny", None)
+    assert out["answer"] == "Paris" and out["reasoning"] == "Source [1] says Paris."
+    assert out["cited"] == [1]  # [7] is not a source given to the model
+    assert [(s["n"], s["chunk_id"], s["source"]) for s in out["sources"]] == [(1, "c0", "doc0.txt"), (2, "c1", "doc1.txt")]
+    assert out["timings"]["tokens_per_s"] == 20.0 and out["timings"]["prompt_tokens"] == 50
+
+
+def test_ask_streams_and_returns_the_answer_object(gen):
+    from ragtune.pipeline import AskOptions, ask
+
+    searcher = FakeSearcher(["The Eiffel Tower was finished in 1889."])
+    pieces: list[str] = []
+    out = ask("When was the Eiffel Tower finished?", gen, AskOptions(k=1, max_new_tokens=8), searcher=searcher,
+              on_piece=pieces.append)
+    assert "".join(pieces) == out["raw"] and out["style"] == "rag-zero-shot"
+    assert len(out["sources"]) == 1 and "reasoning" not in out
+    assert set(out["timings"]) >= {"retrieve_ms", "prompt_tokens", "first_token_ms", "generate_ms", "tokens_per_s"}
+    closed = ask("What is two plus two?", gen, AskOptions(mode="closed-book", style="few-shot", max_new_tokens=4))
+    assert closed["sources"] == [] and closed["timings"]["new_tokens"] <= 4
+    with pytest.raises(ValueError, match="needs an index"):
+        ask("q?", gen, AskOptions(mode="rag"))
+
+
+def test_ask_cli_rejects_bad_input_in_one_line(capsys, tmp_path):
+    from ragtune.cli import main
+
+    assert main(["ask", "q?"]) == 1
+    assert "--index DIR is required" in capsys.readouterr().err
+    assert main(["ask", "q?", "--index", str(tmp_path / "none")]) == 1
+    assert "index folder not found" in capsys.readouterr().err
+    assert main(["ask", "q?", "--mode", "closed-book", "--max-new-tokens", "9999"]) == 1
+    assert "max_new_tokens must be" in capsys.readouterr().err
+    assert main(["ask", "q?", "--mode", "closed-book", "--style", "few-shot", "--fewshot-pool",
+                 str(tmp_path / "pool.jsonl")]) == 1
+    assert "few-shot pool file not found" in capsys.readouterr().err
