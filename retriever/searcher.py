@@ -41,26 +41,52 @@ class Searcher:
         self.bm25 = index.bm25
         self._lock = threading.Lock()
         self._allowed_cache: dict[tuple, np.ndarray] = {}
+        self._query_paths: dict[str, Path | None] = {}
+        self._query_models: dict[Path, Any] = {}
         order = np.argsort(self.bm25.ids, kind="stable")
         self._bm25_sorted, self._bm25_order = np.asarray(self.bm25.ids)[order], order
 
     # ----------------------------------------------------------------- public API
     @property
     def embedder(self) -> Any:
+        """The index's embedding model (passed in, or loaded from `index.meta.embedding_model`)."""
         with self._lock:
             if self._embedder is None:
                 from indexer.embed import load_embedder
 
-                if self.models_dir is None:
-                    from ragtune.settings import Settings
-
-                    self.models_dir = Settings.from_env().models_dir
-                self._embedder = load_embedder(self.index.meta.embedding_model, self.models_dir)
+                self._embedder = load_embedder(self.index.meta.embedding_model, self._models_dir())
             return self._embedder
 
-    def embed(self, queries: list[str]) -> np.ndarray:
+    def query_embedder(self, cfg: SearchConfig | None = None) -> Any:
+        """The model that embeds queries: the adapted query encoder `cfg.query_model` if one
+        applies to this index (see retriever.query_model), else the index's model."""
+        cfg = cfg or self.config
+        key = cfg.query_model
+        if key in (None, "", "none"):
+            return self.embedder
+        with self._lock:
+            if key not in self._query_paths:
+                from retriever.query_model import resolve_query_model
+
+                self._query_paths[key] = resolve_query_model(key, self.index.meta.embedding_model,
+                                                             self._models_dir())
+            path = self._query_paths[key]
+            if path is not None and path not in self._query_models:
+                from indexer.embed import load_embedder
+
+                self._query_models[path] = load_embedder(str(path), self._models_dir())
+        return self.embedder if path is None else self._query_models[path]
+
+    def _models_dir(self) -> Path:
+        if self.models_dir is None:
+            from ragtune.settings import Settings
+
+            self.models_dir = Settings.from_env().models_dir
+        return self.models_dir
+
+    def embed(self, queries: list[str], cfg: SearchConfig | None = None) -> np.ndarray:
         """Normalised query vectors; checks they match the index's dimension."""
-        vecs = encode_queries(self.embedder, queries)
+        vecs = encode_queries(self.query_embedder(cfg), queries)
         if vecs.shape[1] != self.dense.index.d:
             raise ValueError(f"the embedding model gives {vecs.shape[1]}-d vectors but the index holds "
                              f"{self.dense.index.d}-d ones: use the model the index was built with "
@@ -110,7 +136,7 @@ class Searcher:
         """Per query: [(chunk id, score, retrievers that found it)], best first, length <= cfg.k."""
         mode = cfg.retriever
         depth = max(cfg.candidates, cfg.k) if (mode == "hybrid" or cfg.mmr) else cfg.k
-        qvecs = self.embed(queries) if (mode in ("dense", "hybrid") or cfg.mmr) else None
+        qvecs = self.embed(queries, cfg) if (mode in ("dense", "hybrid") or cfg.mmr) else None
         lists: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         if mode in ("dense", "hybrid"):
             lists["dense"] = self.dense.search(qvecs, depth, allowed)
