@@ -129,7 +129,7 @@ def build_index(docs_dir: str | Path, index_dir: str | Path, config: IndexConfig
             from indexer.generation import write_generation
 
             write_generation(summary, plan, docs_dir, index_dir, prev, prev_meta, config, embedder=embedder,
-                             models_dir=models_dir, progress=progress, report=report)
+                             models_dir=models_dir, progress=progress, report=report, reuse_live=same_layout)
         summary.skipped = len(summary.skipped_files)
         summary.skipped_files.sort(key=lambda s: s["path"])
         summary.seconds = time.perf_counter() - t0

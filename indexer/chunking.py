@@ -31,6 +31,10 @@ def make_splitter(tokenizer, chunk_size: int, chunk_overlap: int):
     """A recursive splitter (paragraphs, lines, sentences, words) measuring length in `tokenizer` tokens."""
     from langchain_text_splitters import RecursiveCharacterTextSplitter
 
+    # lengths of whole sections are measured before splitting: the "longer than the model
+    # maximum" warning is expected here, not a problem
+    if hasattr(tokenizer, "deprecation_warnings"):
+        tokenizer.deprecation_warnings["sequence-length-is-longer-than-the-specified-maximum"] = True
     return RecursiveCharacterTextSplitter.from_huggingface_tokenizer(
         tokenizer, chunk_size=chunk_size, chunk_overlap=chunk_overlap,
         separators=["\n\n", "\n", ". ", "? ", "! ", "; ", ", ", " ", ""], keep_separator="end",

@@ -77,8 +77,11 @@ def _load_and_chunk(entries: list[FileEntry], model: _Model, config: IndexConfig
 
 def write_generation(summary: "BuildSummary", plan: Plan, docs_dir: Path, index_dir: Path, prev: int | None,
                      prev_meta: IndexMeta | None, config: IndexConfig, *, embedder, models_dir, progress: bool,
-                     report: Callable) -> None:
-    """Build generation N+1 and switch CURRENT to it; fills `summary` in place."""
+                     report: Callable, reuse_live: bool = False) -> None:
+    """Build generation N+1 and switch CURRENT to it; fills `summary` in place.
+
+    `reuse_live`: the live generation `prev` has the same layout, so if the loaded files
+    change no chunks, it is kept (only its manifest learns the new skipped files)."""
     import faiss
     import numpy as np
 
@@ -128,6 +131,14 @@ def write_generation(summary: "BuildSummary", plan: Plan, docs_dir: Path, index_
     old_ids = store.ids_for_sources(conn, gone)
     summary.removed = len(plan.removed)
     summary.unchanged = plan.unchanged
+    if reuse_live and not chunks and not old_ids:
+        # only new unindexable files (binary, unreadable...): no chunk changes, keep the live generation
+        conn.close()
+        shutil.rmtree(path)
+        store.write_json_atomic(prev_path / store.MANIFEST, manifest_dict(records))
+        summary.chunks, summary.generation = prev_meta.n_chunks, prev
+        summary.ann_recall_at_10 = prev_meta.ann_recall_at_10
+        return
 
     # 3. vectors: reuse any vector whose exact text is already indexed, embed each new text once
     prev_index = faiss.read_index(str(prev_path / store.VECTORS)) if prev_path is not None else None

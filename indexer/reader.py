@@ -73,6 +73,27 @@ class IndexReader:
     def manifest(self) -> dict:
         return json.loads((self.path / store.MANIFEST).read_text())
 
+    def verify(self) -> list[str]:
+        """Problems found when cross-checking vectors, chunk store, manifest and BM25 ([] when consistent)."""
+        import faiss
+        import numpy as np
+
+        problems = []
+        vec_ids = set(faiss.vector_to_array(self.vectors.id_map).tolist())
+        with self._lock:
+            rows = store.source_counts(self._conn)
+            db_ids = {r[0] for r in self._conn.execute("SELECT id FROM chunks")}
+        if vec_ids != db_ids:
+            problems.append(f"{len(vec_ids ^ db_ids)} ids differ between vectors.faiss and chunks.sqlite")
+        files = {rel: r for rel, r in self.manifest()["files"].items() if r["skipped"] is None}
+        if {rel: r["chunks"] for rel, r in files.items()} != rows:
+            problems.append("manifest chunk counts differ from chunks.sqlite")
+        if set(np.asarray(self.bm25.ids).tolist()) != db_ids:
+            problems.append("BM25 ids differ from chunks.sqlite")
+        if self.meta.n_chunks != len(db_ids) or self.meta.n_files != len(files):
+            problems.append("meta.json counts differ from the store")
+        return problems
+
     def __len__(self) -> int:
         return int(self.vectors.ntotal)
 
