@@ -57,7 +57,7 @@ def build_tiny_model(out_dir: str | Path, *, hidden: int = 32, layers: int = 2, 
     config = LlamaConfig(
         vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=hidden * 2,
         num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=heads // 2,
-        max_position_embeddings=1024, attention_bias=bias, tie_word_embeddings=False,
+        max_position_embeddings=1024, attention_bias=bias, tie_word_embeddings=False, initializer_range=0.2,
         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, bos_token_id=None,
     )
     torch.manual_seed(seed)
@@ -67,3 +67,23 @@ def build_tiny_model(out_dir: str | Path, *, hidden: int = 32, layers: int = 2, 
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     return out
+
+
+CITIES = ["Paris", "Rome", "Berlin", "Madrid", "Lisbon", "Vienna"]
+
+
+def tiny_qa_rows(n: int = 24, seed: int = 0) -> list:
+    """Synthetic SQuAD-like rows (question, answer, gold context, article title) for tests."""
+    import random
+
+    from ragtune.qadata import QAExample
+
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        city = rng.choice(CITIES)
+        title = f"Article {i % 4}"
+        ctx = f"Fact {i}: the capital of land {i} is {city}. It has {i * 7} bridges."
+        rows.append(QAExample(id=str(i), question=f"What is the capital of land {i}?", answers=(city,),
+                              context=ctx, title=title, paragraph_id=f"{title}/{i}"))
+    return rows

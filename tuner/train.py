@@ -75,7 +75,7 @@ def _forward_loss(model, batch: dict, autocast: bool):
     labels = batch["labels"]
     with torch.autocast("cpu" if labels.device.type == "cpu" else labels.device.type,
                         dtype=torch.bfloat16, enabled=autocast):
-        logits = model(**inputs).logits
+        logits = model(**inputs, use_cache=False).logits  # a cache would disable the packed mask
     logits = logits[:, -labels.shape[1]:]  # prompt-tuning prepends virtual-token positions
     shift_labels = labels[:, 1:]
     keep = shift_labels != -100
