@@ -126,7 +126,10 @@ class PromptStyle:
     def label(self, hit: Hit) -> str:
         if not self.show_titles:
             return ""
-        parts = [p for p in (hit.title.replace("_", " ").strip(), hit.heading.strip()) if p]
+        title = hit.title.replace("_", " ").strip()
+        if not re.search(r"[^\W\d_]", title):  # a bare file number like "003" says nothing
+            title = ""
+        parts = [p for p in (title, hit.heading.strip()) if p]
         if hit.page:
             parts.append(f"p. {hit.page}")
         return (" > ".join(parts) + "\n") if parts else ""
