@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 
 def make_tiny_embedder(real_model_dir: Path, out: Path, hidden: int = 32) -> Path:
     """Save a 2-layer, `hidden`-d random BERT with mean pooling as a sentence-transformers folder."""
@@ -22,3 +24,15 @@ def make_tiny_embedder(real_model_dir: Path, out: Path, hidden: int = 32) -> Pat
     pooling = models.Pooling(hidden, "mean")
     SentenceTransformer(modules=[transformer, pooling], device="cpu").save(str(out))
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, models_dir):
+    """Folder of the tiny embedder (skips when the real tokenizer's model is not pulled)."""
+    from ragtune import hub
+
+    try:
+        real = hub.resolve("all-minilm-l6-v2", models_dir)
+    except hub.ModelNotFound as err:
+        pytest.skip(str(err))
+    return make_tiny_embedder(real, tmp_path_factory.mktemp("tiny") / "tiny-embedder")

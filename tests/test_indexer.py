@@ -15,20 +15,9 @@ import pytest
 from indexer import IncompatibleIndex, IndexConfig, IndexLockedError, build_index, open_index
 from indexer import embed as embed_mod
 from indexer.store import BuildLock, list_generations
+from indexer_tiny import tiny_model_dir  # noqa: F401  (fixture)
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="session")
-def tiny_model_dir(tmp_path_factory, models_dir):
-    from indexer_tiny import make_tiny_embedder
-    from ragtune import hub
-
-    try:
-        real = hub.resolve("all-minilm-l6-v2", models_dir)
-    except hub.ModelNotFound as err:
-        pytest.skip(str(err))
-    return make_tiny_embedder(real, tmp_path_factory.mktemp("tiny") / "tiny-embedder")
 
 
 @pytest.fixture(scope="session")
