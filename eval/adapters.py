@@ -114,7 +114,7 @@ def train_adapter(st, arm: ArmConfig, data_file: Path, path: Path) -> dict:
     """Train with `ragtune tune` in a child process; returns the adapter info (train_seconds measured here)."""
     spec = arm.train
     cmd = [sys.executable, "-m", "ragtune", "tune", "--recipe", spec.recipe, "--data", str(data_file),
-           "--model", st.config.model, "--max-steps", str(spec.max_steps), "--out", str(path),
+           "--model", st.config.model, "--max-steps", str(spec.max_steps), "--out", str(path), "--name", path.name,
            "--set", f"data.format={spec.kind}", "--json"]
     if st.config.dtype != "auto":
         cmd += ["--set", f"train.dtype={st.config.dtype}"]

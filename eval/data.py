@@ -101,7 +101,7 @@ def build_corpus_index(corpus: Corpus, cache_dir: Path, *, embedding_model: str,
 
     key = _hash(corpus.fingerprint, embedding_model, str(chunk_size), str(chunk_overlap))
     index_dir = cache_dir / f"index-{key}"
-    done = index_dir / "EVAL_READY"
+    done = cache_dir / f"index-{key}.ready"
     if done.is_file():
         return index_dir
     log(f"indexing {corpus.docs_dir} -> {index_dir}")

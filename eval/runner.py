@@ -170,18 +170,20 @@ def ensure_retrieval(st: RunState, embedder=None) -> None:
     st.index_dir = build_corpus_index(st.corpus, st.cache_dir, embedding_model=cfg.embedding_model,
                                       chunk_size=cfg.chunk_size, chunk_overlap=cfg.chunk_overlap,
                                       models_dir=st.models_dir, embedder=embedder, log=st.log)
-    st.searcher = Searcher(open_index(st.index_dir), embedder, SearchConfig(retriever=cfg.retriever, k=cfg.k))
+    st.searcher = Searcher(open_index(st.index_dir), embedder, SearchConfig(retriever=cfg.retriever, k=cfg.k),
+                          models_dir=st.models_dir)
 
 
 def ensure_generator(st: RunState) -> None:
     if st.generator is not None:
         return
-    from generator import GenConfig, Generator, load_generator
+    from generator import GenConfig
+    from generator.core import Generator
 
     cfg = st.config
-    model, tok = load_generator(cfg.model, st.models_dir, dtype=cfg.dtype)
-    st.tokenizer = tok
-    st.generator = Generator(model, tok, GenConfig(max_new_tokens=cfg.max_new_tokens), name=cfg.model)
+    gen_cfg = GenConfig(max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size)
+    st.generator = Generator.from_pretrained(cfg.model, st.models_dir, dtype=cfg.dtype, config=gen_cfg)
+    st.tokenizer = st.generator.tokenizer
 
 
 def _style_for(arm: ArmConfig):

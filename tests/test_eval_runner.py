@@ -1,0 +1,180 @@
+"""The eval harness end to end with tiny random models on a tiny SQuAD-format file:
+real index (FAISS + BM25), real batched generation, adapters, resume after interruption."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from eval.config import config_from_dict
+from tests.conftest import ROOT
+
+ARTICLES = {
+    "Paris": [("Paris is the capital of France. The Eiffel Tower was finished in 1889 for the World Fair.",
+               [("Which city is the capital of France?", "Paris"), ("When was the Eiffel Tower finished?", "1889")]),
+              ("The Louvre is the world's most visited museum. It holds the Mona Lisa.",
+               [("What painting does the Louvre hold?", "the Mona Lisa")])],
+    "Rivers": [("The Nile is the longest river in Africa. It flows north into the Mediterranean Sea.",
+                [("Which sea does the Nile flow into?", "the Mediterranean Sea")]),
+               ("The Amazon carries more water than any other river. It crosses Brazil.",
+                [("Which country does the Amazon cross?", "Brazil"), ("What carries more water than any river?",
+                                                                       "The Amazon")])],
+}
+POOL = {"Moon": [("The Moon orbits the Earth every 27 days. Apollo 11 landed there in 1969.",
+                  [("When did Apollo 11 land on the Moon?", "1969"), ("What does the Moon orbit?", "the Earth"),
+                   ("How often does the Moon orbit the Earth?", "every 27 days")])]}
+
+
+def write_squad(path, articles, prefix):
+    data = []
+    n = 0
+    for title, paras in articles.items():
+        ps = []
+        for ctx, qas in paras:
+            items = []
+            for q, a in qas:
+                n += 1
+                items.append({"id": f"{prefix}{n}", "question": q,
+                              "answers": [{"text": a, "answer_start": ctx.find(a)}]})
+            ps.append({"context": ctx, "qas": items})
+        data.append({"title": title, "paragraphs": ps})
+    path.write_text(json.dumps({"version": "1.1", "data": data}))
+    return path
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory, models_dir):
+    from tests.indexer_tiny import make_tiny_embedder
+    from ragtune import hub
+    from tuner.tiny import build_tiny_model
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    try:
+        real = hub.resolve("all-minilm-l6-v2", models_dir)
+    except hub.ModelNotFound as err:
+        pytest.skip(str(err))
+    base = tmp_path_factory.mktemp("evalrun")
+    return {"base": base, "lm": build_tiny_model(base / "tiny-lm"),
+            "embedder": make_tiny_embedder(real, base / "tiny-st"),
+            "data": write_squad(base / "dev.json", ARTICLES, "d"), "pool": write_squad(base / "pool.json", POOL, "p")}
+
+
+def _config(world, arms, **kw):
+    values = dict(name="tiny", model=str(world["lm"]), dtype="fp32", data=str(world["data"]),
+                  pool_data=str(world["pool"]), limit=None, embedding_model=str(world["embedder"]), chunk_size=64,
+                  chunk_overlap=8, k=2, shots=1, max_new_tokens=4, cot_max_new_tokens=6, batch_size=4,
+                  bootstrap=50, cache_dir=str(world["base"] / "cache"), arms=arms)
+    values.update(kw)
+    return config_from_dict(values)
+
+
+ARMS = [{"name": "closed-zero-shot", "mode": "closed"}, {"name": "rag-few-shot", "mode": "rag", "style": "few-shot"},
+        {"name": "rag-cot", "mode": "rag", "style": "cot", "order": "best-last", "context_budget": 40},
+        {"name": "gold", "mode": "gold"}]
+
+
+def test_run_all_arms_then_resume_after_interruption(world, tmp_path):
+    from eval.runner import ROWS_FILE, run_eval
+
+    out = tmp_path / "out"
+    cfg = _config(world, ARMS)
+    results = run_eval(cfg, out, models_dir=world["base"], log=lambda m: None)
+    arms = results["arms"]
+    assert set(arms) == {a["name"] for a in ARMS}
+    assert all(arms[a]["n"] == 6 for a in arms)
+    for name in arms:
+        s = arms[name]
+        assert 0 <= s["em"] <= s["f1"] + 1e-9 <= 100.0 + 1e-9
+        assert s["f1_ci"][0] <= s["f1"] <= s["f1_ci"][1]
+        assert s["latency_p50_ms"] > 0 and s["peak_mem_mb"] > 0 and s["wall_seconds"] >= 0
+    # retrieval metrics only where retrieval is used; the tiny corpus has 4 paragraphs, k=2
+    assert arms["rag-few-shot"]["recall_at_k"] is not None and "recall_at_k" not in arms["closed-zero-shot"]
+    assert "faithfulness" in arms["gold"] and "recall_at_k" not in arms["gold"]
+    rows = [json.loads(line) for line in (out / ROWS_FILE).read_text().splitlines()]
+    assert len(rows) == 24 and len({(r["arm"], r["qid"]) for r in rows}) == 24
+    rag = [r for r in rows if r["arm"] == "rag-few-shot"]
+    assert all(len(r["sources"]) <= 2 and r["gold_passage"] for r in rag)
+    assert all(r["recall"] in (0.0, 1.0) for r in rag)
+    for f in ("results.json", "report.md", "report.html", "quality.png", "quality_latency.png"):
+        assert (out / f).is_file(), f
+    assert "## Claims from the literature" in (out / "report.md").read_text()
+
+    # interrupt: drop the last rows of two arms plus a torn line, then resume: only those are redone
+    keep = [r for r in rows if not (r["arm"] in ("rag-cot", "gold") and r["qid"] in ("d5", "d6"))]
+    with open(out / ROWS_FILE, "w") as f:
+        f.writelines(json.dumps(r) + "\n" for r in keep)
+        f.write('{"arm": "gold", "qid": "d5", "predic')
+    with pytest.raises(ValueError, match="--resume"):
+        run_eval(cfg, out, models_dir=world["base"], log=lambda m: None)
+    again = run_eval(cfg, out, resume=True, models_dir=world["base"], log=lambda m: None)
+    rows2 = [json.loads(line) for line in (out / ROWS_FILE).read_text().splitlines()]
+    assert len(rows2) == 24 and len({(r["arm"], r["qid"]) for r in rows2}) == 24
+    assert rows2[:len(keep)] == keep  # done rows kept as they were
+    redone = {(r["arm"], r["qid"]) for r in rows2[len(keep):]}
+    assert redone == {(a, q) for a in ("rag-cot", "gold") for q in ("d5", "d6")}
+    # greedy + seeded: the redone answers equal the first run's
+    first = {(r["arm"], r["qid"]): r["raw"] for r in rows}
+    assert all(r["raw"] == first[(r["arm"], r["qid"])] for r in rows2[len(keep):])
+    assert again["arms"]["gold"]["n"] == 6
+
+
+def test_tuned_arm_trains_with_the_tuner_and_forgetting_arms(world, tmp_path):
+    """One real (2-step) LoRA training through `ragtune tune`, cached and shared by two arms."""
+    from eval.runner import run_eval
+
+    arms = [{"name": "base-disjoint", "questions": "disjoint"},
+            {"name": "ft-rag", "mode": "rag", "train": {"recipe": "lora", "kind": "raft", "max_steps": 2,
+                                                         "overrides": {"train.batch_size": 2}}},
+            {"name": "ft-rag-disjoint", "questions": "disjoint",
+             "train": {"recipe": "lora", "kind": "raft", "max_steps": 2, "overrides": {"train.batch_size": 2}}}]
+    cfg = _config(world, arms, disjoint_limit=1)
+    adapters = tmp_path / "adapters"
+    results = run_eval(cfg, tmp_path / "out", models_dir=world["base"], adapters_dir=adapters, log=lambda m: None)
+    a = results["arms"]
+    assert a["base-disjoint"]["n"] == 1 and a["ft-rag-disjoint"]["n"] == 1 and a["ft-rag"]["n"] == 6
+    trained = [p for p in adapters.iterdir() if p.is_dir()]
+    assert len(trained) == 1  # same training spec -> one adapter for both arms
+    assert a["ft-rag"]["adapter"] == a["ft-rag-disjoint"]["adapter"] == str(trained[0])
+    assert a["ft-rag"]["trainable_params"] > 0 and a["ft-rag"]["method"] == "lora"
+    assert a["ft-rag"]["train_seconds"] > 0
+    # the disjoint question was held out of the training data (pool minus disjoint set)
+    train_rows = [json.loads(x) for x in (world["base"] / "cache" / "train" / "ft-rag.jsonl").read_text().splitlines()]
+    disjoint_q = next(r for r in results["questions"] if r["arm"] == "base-disjoint")["qid"]
+    assert disjoint_q not in {r["id"] for r in train_rows} and len(train_rows) == 2
+    claims = (tmp_path / "out" / "report.md").read_text()
+    assert "Fine-tuning causes forgetting" in claims
+
+
+def test_leak_into_pool_is_refused(world, tmp_path):
+    from eval.runner import run_eval
+
+    cfg = _config(world, [{"name": "few", "style": "few-shot"}], pool_data=str(world["data"]))
+    with pytest.raises(ValueError, match="evaluation question\\(s\\) also appear in the few-shot/training pool"):
+        run_eval(cfg, tmp_path / "out", models_dir=world["base"], log=lambda m: None)
+
+
+def test_cli_runs_jsonl_questions_with_limit(world, tmp_path):
+    rows = [{"question": "Which city is the capital of France?", "answers": ["Paris"],
+             "context": "Paris is the capital of France."},
+            {"question": "What crosses Brazil?", "answers": ["The Amazon"], "context": "The Amazon crosses Brazil."}]
+    data = tmp_path / "q.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cfg = tmp_path / "c.yaml"
+    import yaml
+
+    values = _config(world, [{"name": "rag", "mode": "rag"}, {"name": "closed"}]).to_dict()
+    values.pop("source")
+    cfg.write_text(yaml.safe_dump(values))
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "RAGTUNE_HOME": str(world["base"])}
+    proc = subprocess.run([sys.executable, "-m", "ragtune", "eval", "--config", str(cfg), "--data", str(data),
+                           "--limit", "1", "--arms", "rag", "--out", str(tmp_path / "o")],
+                          capture_output=True, text=True, cwd=ROOT, env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    res = json.loads((tmp_path / "o" / "results.json").read_text())
+    assert list(res["arms"]) == ["rag"] and res["arms"]["rag"]["n"] == 1
+    assert res["arms"]["rag"]["recall_at_k"] == 100.0  # one of two context docs, k=2
+    assert "rag" in proc.stdout and "F1" in proc.stdout
