@@ -23,6 +23,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     merge.add_argument("adapter", metavar="NAME|PATH")
     merge.add_argument("--out", required=True, metavar="DIR", help="folder for the merged model")
     merge.add_argument("--base", metavar="PRESET|PATH", help="base model (default: the one in the metadata)")
+    merge.add_argument("--dtype", default="auto", choices=["auto", "bf16", "fp32"], help="dtype of the merged weights")
     merge.add_argument("--json", action="store_true")
     merge.set_defaults(func=run_merge)
     rm = asub.add_parser("delete", help="delete an adapter folder")
@@ -66,7 +67,7 @@ def run_merge(args: argparse.Namespace) -> int:
     from tuner.adapter import merge, resolve_adapter
 
     path = resolve_adapter(args.adapter, _dir())
-    out = merge(path, args.out, Settings.from_env().models_dir, base=args.base)
+    out = merge(path, args.out, Settings.from_env().models_dir, base=args.base, dtype=args.dtype)
     print(json.dumps({"merged": str(out), "adapter": str(path)}) if args.json else f"merged model: {out}")
     return 0
 
