@@ -136,9 +136,11 @@ def prepare(config: EvalConfig, out_dir: Path, cache_dir: Path, log=print) -> Ru
     if config.pool_data:
         pool_path = config.path(config.pool_data)
         pool = sample_questions(load_examples(pool_path), None)
-        if any(a.questions == "disjoint" for a in config.arms) and not config.disjoint_data:
-            # forgetting check on pool questions that are then kept out of few-shot and training
-            st.disjoint = sample_questions(pool, config.disjoint_limit, "random", config.seed + 1)
+        if not config.disjoint_data:
+            # forgetting-check questions carved from the pool and kept out of few-shot and training
+            # (always, so the pool, hence a cached adapter's training data, does not depend on --arms)
+            n_held = min(config.disjoint_limit, len(pool) // 5)
+            st.disjoint = sample_questions(pool, n_held, "random", config.seed + 1) if n_held else []
             held = {q.id for q in st.disjoint}
             pool = [e for e in pool if e.id not in held]
         check_no_leak(st.questions, pool, f"few-shot/training pool {pool_path.name}")
@@ -148,7 +150,7 @@ def prepare(config: EvalConfig, out_dir: Path, cache_dir: Path, log=print) -> Ru
         dis_path = config.path(config.disjoint_data)
         st.disjoint = sample_questions(load_examples(dis_path), config.disjoint_limit, "random", config.seed + 1)
         check_no_leak(st.questions, st.disjoint, f"disjoint set {dis_path.name}")
-    if st.disjoint:
+    if st.disjoint and any(a.questions == "disjoint" for a in config.arms):
         st.split["disjoint_questions"] = len(st.disjoint)
     return st
 

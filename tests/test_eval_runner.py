@@ -26,7 +26,9 @@ ARTICLES = {
 }
 POOL = {"Moon": [("The Moon orbits the Earth every 27 days. Apollo 11 landed there in 1969.",
                   [("When did Apollo 11 land on the Moon?", "1969"), ("What does the Moon orbit?", "the Earth"),
-                   ("How often does the Moon orbit the Earth?", "every 27 days")])]}
+                   ("How often does the Moon orbit the Earth?", "every 27 days")]),
+                 ("Mars is the fourth planet from the Sun. It has two moons, Phobos and Deimos.",
+                  [("How many moons does Mars have?", "two"), ("Which planet is fourth from the Sun?", "Mars")])]}
 
 
 def write_squad(path, articles, prefix):
@@ -144,7 +146,7 @@ def test_tuned_arm_trains_with_the_tuner_and_forgetting_arms(world, tmp_path):
     # the disjoint question was held out of the training data (pool minus disjoint set)
     train_rows = [json.loads(x) for x in (world["base"] / "cache" / "train" / "ft-rag.jsonl").read_text().splitlines()]
     disjoint_q = next(r for r in results["questions"] if r["arm"] == "base-disjoint")["qid"]
-    assert disjoint_q not in {r["id"] for r in train_rows} and len(train_rows) == 2
+    assert disjoint_q not in {r["id"] for r in train_rows} and len(train_rows) == 4
     claims = (tmp_path / "out" / "report.md").read_text()
     assert "Fine-tuning causes forgetting" in claims
 
