@@ -41,7 +41,7 @@ async def _prepare_and_queue(request: Request, *, question: str, mode: str, styl
     if max_new_tokens is not None and max_new_tokens > state.config.max_new_tokens_cap:
         raise invalid(f"max_new_tokens must be <= {state.config.max_new_tokens_cap} on this server", "max_new_tokens")
     if adapter is not None:
-        check_admin(state.config, request.headers.get("authorization"))
+        check_admin(request.app.state.config, request.headers.get("authorization"))
         await run_in_threadpool(check_adapter, state, adapter)
     try:
         batcher.check_capacity()
@@ -117,7 +117,8 @@ def _stream_response(body: AsyncIterator[str]) -> StreamingResponse:
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
 
-@router.post("/v1/ask", response_model=S.AskResponse, tags=["answer"], responses=_ERRORS)
+@router.post("/v1/ask", response_model=S.AskResponse, response_model_exclude_unset=True, tags=["answer"],
+             responses=_ERRORS)
 async def ask(request: Request, req: S.AskRequest):
     """Answer a question with its sources (the `ragtune ask --json` object).
 
