@@ -33,7 +33,8 @@ def run_list(args: argparse.Namespace) -> int:
         installed = hub.is_pulled(preset.name, settings.models_dir)
         rows.append({"name": preset.name, "kind": preset.kind, "installed": installed,
                      "size_mb": round(hub.dir_size_mb(folder), 1) if installed else preset.size_mb,
-                     "path": str(folder) if installed else None, "description": preset.description})
+                     "path": str(folder) if installed else None, "description": preset.description,
+                     "cache": _cache_state(preset, folder, installed)})
     if args.json:
         print(json.dumps({"home": str(settings.home), "models": rows}, indent=2))
         return 0
@@ -43,7 +44,21 @@ def run_list(args: argparse.Namespace) -> int:
         print(f"  {r['name']:<18} {r['kind']:<10} {state:<11} {r['size_mb']:>7.0f} MB  {r['description']}")
         if r["path"]:
             print(f"  {'':<18} {r['path']}")
+        if r["cache"]:
+            print(f"  {'':<18} safetensors cache: {r['cache']}")
     return 0
+
+
+def _cache_state(preset, folder, installed: bool) -> str | None:
+    """Generators: whether the fast-loading safetensors cache exists (built on pull or first load)."""
+    if preset.kind != "generator" or not installed:
+        return None
+    try:
+        from generator.loading import cache_is_valid
+    except ImportError:
+        return None
+    cache = folder / "hf"
+    return f"ready ({cache})" if cache_is_valid(cache) else "not built (built on first load)"
 
 
 def run_pull(args: argparse.Namespace) -> int:
