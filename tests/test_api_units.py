@@ -193,7 +193,8 @@ def test_confine_paths(tmp_path: Path):
     assert confine("sub", [root]) == (root / "sub").resolve()
     assert confine(str(root / "sub"), [root]) == (root / "sub").resolve()
     cases = {"../secret": 400, "sub/../../secret": 400, str(outside): 403, "escape": 403,
-             str(root / "escape"): 403, "/etc": 403, "missing": 400, "a\x00b": 400}
+             str(root / "escape"): 403, "/etc": 403, "missing": 400, "a\x00b": 400,
+             "0" * 5000: 400, "x/" * 3000: 400}
     for path, status in cases.items():
         with pytest.raises(ApiError) as err:
             confine(path, [root])

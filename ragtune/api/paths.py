@@ -26,12 +26,20 @@ def confine(path: str, roots: list[Path]) -> Path:
     for cand in candidates:
         try:
             real = cand.resolve(strict=False)
-        except (OSError, RuntimeError):  # symlink loop
-            raise ApiError(400, "bad_path", f"cannot resolve path {path!r}") from None
+        except (OSError, RuntimeError):  # symlink loop, name too long...
+            raise ApiError(400, "bad_path", f"cannot resolve path {_short(path)!r}") from None
         if not any(real.is_relative_to(r) for r in resolved_roots):
-            raise ApiError(403, "forbidden", f"path {path!r} is outside the allowed docs roots")
-        if found is None and real.is_dir():
+            raise ApiError(403, "forbidden", f"path {_short(path)!r} is outside the allowed docs roots")
+        try:
+            is_dir = real.is_dir()
+        except OSError:
+            is_dir = False
+        if found is None and is_dir:
             found = real
     if found is None:
-        raise ApiError(400, "bad_path", f"path {path!r} is not a folder inside the docs roots")
+        raise ApiError(400, "bad_path", f"path {_short(path)!r} is not a folder inside the docs roots")
     return found
+
+
+def _short(path: str, limit: int = 120) -> str:
+    return path if len(path) <= limit else path[:limit] + "..."
