@@ -232,3 +232,15 @@ def test_config_from_env(monkeypatch, tmp_path):
         ApiConfig(port=0)
     with pytest.raises(ValueError, match="max_batch"):
         ApiConfig(max_batch=0)
+
+
+def test_serve_command_rejects_bad_arguments_in_one_line(tmp_path, capsys):
+    from ragtune.cli import main
+
+    assert main(["serve", "--index", str(tmp_path / "missing")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "index folder not found" in err
+    assert main(["serve", "--index", str(tmp_path), "--host", "0.0.0.0", "--no-auth-local"]) == 1
+    assert "loopback" in capsys.readouterr().err
+    assert main(["serve", "--no-generator"]) == 1
+    assert "nothing to serve" in capsys.readouterr().err
