@@ -66,6 +66,26 @@ def _normalize(s: str) -> str:
     return " ".join(re.sub(r"\b(a|an|the)\b", " ", s).split())
 
 
+def _heads_only_on_answers(model):
+    """(decoder, output head) when the loss can skip the vocabulary projection of prompt tokens.
+
+    The head (vocab x hidden) is a large share of a small model's FLOPs; only answer tokens
+    need it. Not for prompt-learning peft models (their forward injects virtual tokens) or
+    models with logit soft-capping.
+    """
+    from peft import PeftModel
+
+    if isinstance(model, PeftModel):
+        if model.peft_config[model.active_adapter].is_prompt_learning:
+            return None
+        model = model.get_base_model()
+    if getattr(model.config, "final_logit_softcapping", None):
+        return None
+    decoder = getattr(model, getattr(model, "base_model_prefix", "model"), None)
+    head = model.get_output_embeddings()
+    return (decoder, head) if decoder is not None and head is not None else None
+
+
 def _forward_loss(model, batch: dict, autocast: bool):
     """Sum of token losses over the answer tokens of a micro-batch, and their count."""
     import torch
@@ -73,17 +93,23 @@ def _forward_loss(model, batch: dict, autocast: bool):
 
     inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "position_ids") if k in batch}
     labels = batch["labels"]
-    with torch.autocast("cpu" if labels.device.type == "cpu" else labels.device.type,
-                        dtype=torch.bfloat16, enabled=autocast):
-        logits = model(**inputs, use_cache=False).logits  # a cache would disable the packed mask
-    logits = logits[:, -labels.shape[1]:]  # prompt-tuning prepends virtual-token positions
     shift_labels = labels[:, 1:]
     keep = shift_labels != -100
     n = int(keep.sum())
+    fast = _heads_only_on_answers(model)
+    with torch.autocast("cpu" if labels.device.type == "cpu" else labels.device.type,
+                        dtype=torch.bfloat16, enabled=autocast):
+        if fast is not None:
+            decoder, head = fast
+            hidden = decoder(**inputs, use_cache=False).last_hidden_state  # (B, T, d)
+            logits = head(hidden[:, :-1][keep])  # (n, V): only where a label exists
+        else:  # a cache would disable the packed-sequence mask
+            logits = model(**inputs, use_cache=False).logits
+            logits = logits[:, -labels.shape[1]:]  # prompt-tuning prepends virtual-token positions
+            logits = logits[:, :-1][keep]
     if n == 0:
         return logits.sum() * 0.0, 0
-    loss = F.cross_entropy(logits[:, :-1][keep].float(), shift_labels[keep], reduction="sum")
-    return loss, n
+    return F.cross_entropy(logits.float(), shift_labels[keep], reduction="sum"), n
 
 
 def evaluate_loss(model, feats: Sequence[Features], batch_size: int, pad_id: int, autocast: bool) -> float | None:
