@@ -47,10 +47,13 @@ class BuildSummary:
     ann_recall_at_10: float | None = None
     skipped_files: list[dict] = field(default_factory=list)
     warnings: list[dict] = field(default_factory=list)
+    timings: dict = field(default_factory=dict)
+    """Seconds per stage: scan, read_chunk, embed, write."""
 
     def to_dict(self) -> dict:
         d = asdict(self)
         d["seconds"] = round(self.seconds, 4)
+        d["timings"] = {k: round(v, 4) for k, v in self.timings.items()}
         return d
 
 
@@ -113,6 +116,7 @@ def build_index(docs_dir: str | Path, index_dir: str | Path, config: IndexConfig
         previous = load_manifest(store.gen_dir(index_dir, prev) / store.MANIFEST) if prev is not None else {}
         plan = plan_changes(files, previous)
         summary = BuildSummary(files_seen=len(files) + len(scan_skips), index_type=config.index_type)
+        summary.timings["scan"] = time.perf_counter() - t0
         summary.skipped_files = [{"path": s.rel, "reason": s.reason} for s in scan_skips]
         summary.skipped_files += [{"path": rel, "reason": r} for rel, r in plan.unreadable.items()]
         summary.skipped_files += [{"path": rel, "reason": r} for rel, r in plan.skipped_again.items()]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 import sys
+import time
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
@@ -100,7 +101,9 @@ def write_generation(summary: "BuildSummary", plan: Plan, docs_dir: Path, index_
     model = _Model(embedder, config, models_dir)
 
     # 1. read and chunk new and changed files
+    t = time.perf_counter()
     loaded, skipped = _load_and_chunk(plan.new + plan.changed, model, config, progress, report)
+    summary.timings["read_chunk"] = time.perf_counter() - t
     records = dict(plan.records)
     changed_rels = {e.rel for e in plan.changed}
     for rel, (record, reason) in skipped.items():
@@ -141,6 +144,7 @@ def write_generation(summary: "BuildSummary", plan: Plan, docs_dir: Path, index_
         return
 
     # 3. vectors: reuse any vector whose exact text is already indexed, embed each new text once
+    t = time.perf_counter()
     prev_index = faiss.read_index(str(prev_path / store.VECTORS)) if prev_path is not None else None
     unique: dict[str, str] = {}
     for c in chunks:
@@ -165,6 +169,9 @@ def write_generation(summary: "BuildSummary", plan: Plan, docs_dir: Path, index_
     new_ids = np.array([c.id for c in chunks], dtype=np.int64)
     new_vecs = (np.stack([by_hash[c.content_hash] for c in chunks]).astype(np.float32) if chunks
                 else np.zeros((0, dim), np.float32))
+
+    summary.timings["embed"] = time.perf_counter() - t
+    t = time.perf_counter()
 
     # 4. the vector index: in place for flat (remove_ids + add), rebuilt for approximate types
     report(0, 1, "write")
@@ -209,3 +216,4 @@ def write_generation(summary: "BuildSummary", plan: Plan, docs_dir: Path, index_
     store.collect_garbage(index_dir, keep={new_gen} | ({live} if live is not None else set()))
     summary.chunks = len(all_ids)
     summary.generation = new_gen
+    summary.timings["write"] = time.perf_counter() - t
