@@ -61,6 +61,11 @@ def scan(root: str | Path, max_file_mb: float, exclude: list[str | Path] = ()) -
                 continue
             rel = f"{rel_dir}/{entry.name}" if rel_dir else entry.name
             try:
+                entry.name.encode("utf-8")
+            except UnicodeEncodeError:
+                skipped.append(Skipped(rel.encode("utf-8", "replace").decode("utf-8"), "file name is not valid UTF-8"))
+                continue
+            try:
                 is_link = entry.is_symlink()
                 st = os.stat(entry.path)  # follows links
             except OSError as err:

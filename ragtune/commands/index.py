@@ -62,9 +62,16 @@ def run_index(args: argparse.Namespace) -> int:
     from ragtune.settings import Settings
 
     config = _config(args)
-    summary = build_index(args.docs_dir, args.index, config, models_dir=Settings.from_env().models_dir,
-                          rebuild=args.rebuild, progress=not args.no_progress and not args.json,
-                          wait=args.wait)
+    try:
+        summary = build_index(args.docs_dir, args.index, config, models_dir=Settings.from_env().models_dir,
+                              rebuild=args.rebuild, progress=not args.no_progress and not args.json,
+                              wait=args.wait)
+    except OSError as err:
+        if err.errno is None:  # our own FileNotFoundError with a full message
+            raise
+        # disk full, permission denied...: the live index is untouched (the new generation never switched)
+        raise RuntimeError(f"{err.strerror or err}: {err.filename or args.index}; the existing index is unchanged") \
+            from None
     d = summary.to_dict()
     if args.json:
         print(json.dumps(d, indent=2))
