@@ -96,6 +96,23 @@ def _param_lookup(model) -> dict[str, "torch.nn.Parameter"]:
     return out
 
 
+def _add_zero_biases(model, names: list[str]) -> None:
+    """Give the named linear layers a zero bias (a no-op until an adapter's biases are swapped in)."""
+    import torch
+    from peft import PeftModel
+
+    base = model.get_base_model() if isinstance(model, PeftModel) else model
+    modules = dict(base.named_modules())
+    for name in names:
+        mod = modules.get(name)
+        mod = getattr(mod, "base_layer", mod)  # under a peft (LoRA) wrapper
+        if mod is None or not hasattr(mod, "out_features"):
+            raise ValueError(f"adapter adds a bias to {name!r}, which this model does not have")
+        if getattr(mod, "bias", None) is None:
+            mod.bias = torch.nn.Parameter(torch.zeros(mod.out_features, dtype=mod.weight.dtype,
+                                                      device=mod.weight.device), requires_grad=False)
+
+
 class StateDictAdapter:
     """Tuned tensors swapped into the base model while active, originals restored after."""
 
@@ -104,6 +121,7 @@ class StateDictAdapter:
 
         self.meta = meta
         tensors = load_file(str(meta.path / STATE_DICT_FILE))
+        _add_zero_biases(model, meta.extra.get("added_biases") or [])  # BitFit on a bias-free base
         params = _param_lookup(model)
         missing = [n for n in tensors if n not in params]
         if missing:

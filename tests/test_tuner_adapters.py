@@ -128,3 +128,26 @@ def test_cli_tune_json_and_adapters(tiny, tmp_path, monkeypatch, capsys):
     assert main(["adapters", "delete", "t1"]) == 0
     assert not (tmp_path / "adapters" / "t1").exists()
     assert main(["adapters", "show", "t1"]) == 1
+
+
+@pytest.mark.parametrize("name", ["bitfit", "lora"])
+def test_generator_loads_tuned_adapters(name, tiny, tmp_path):
+    """The generator (generator.Generator) answers with a tuner adapter like tuner.attach does."""
+    from generator import Generator
+    from generator.config import GenConfig
+    from tuner import train_adapter
+    from tuner.adapter import attach
+    from tuner.loading import load_base
+
+    path, _ = train_adapter(name, tiny_qa_rows(8), str(tiny), tmp_path / name, max_steps=3,
+                            overrides=FAST + ["train.lr=5e-2"], log=lambda m: None)
+    msgs = [[{"role": "user", "content": "What is the capital of land 3?"}]]
+    b = load_base(str(tiny), dtype="fp32")
+    gen = Generator(b.model, b.tokenizer, GenConfig(max_new_tokens=12))
+    before = gen.generate(msgs)[0].text
+    gen.load_adapter("a", path)
+    tuned = gen.generate(msgs, adapter="a")[0].text
+    assert gen.generate(msgs)[0].text == before  # the base is untouched when no adapter is chosen
+    ref = load_base(str(tiny), dtype="fp32")
+    ref_gen = Generator(attach(ref.model, path, ref.fingerprint), ref.tokenizer, GenConfig(max_new_tokens=12))
+    assert tuned == ref_gen.generate(msgs)[0].text and tuned != before
