@@ -96,3 +96,37 @@ def test_reuses_matching_adapter(tiny, rows, tmp_path):
     assert p1 == p2 and s2["reused"] and not s1["reused"]
     with pytest.raises(FileExistsError):
         train_adapter("ia3", rows, str(tiny), tmp_path / "x", max_steps=2, overrides=FAST, log=lambda m: None)
+
+
+@pytest.mark.parametrize("name, packed", [("lora", False), ("lora", True), ("prompt-tuning", False)])
+def test_answer_only_head_gives_the_model_loss(name, packed, tiny):
+    """The loop's loss (head computed only on answer tokens) equals transformers' own loss."""
+    from transformers import AutoModelForCausalLM
+
+    from tuner.batching import collate
+    from tuner.config import load_recipe
+    from tuner.data import closed_examples, pack, tokenize_example
+    from tuner.methods import get_method
+    from tuner.tiny import build_tokenizer
+    from tuner.train import _forward_loss
+
+    tok = build_tokenizer()
+    feats = [tokenize_example(e, tok, 512) for e in closed_examples(tiny_qa_rows(4))]
+    batch = collate(pack(feats, 4096) if packed else feats, tok.pad_token_id)
+    rec = load_recipe(name, ["dropout=0"] if name == "lora" else [])
+    model = get_method(name).prepare(AutoModelForCausalLM.from_pretrained(str(tiny)), rec.method_args, tok).eval()
+    with torch.no_grad():
+        loss, n = _forward_loss(model, batch, autocast=False)
+        inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "position_ids") if k in batch}
+        ref = model(**inputs, labels=batch["labels"], use_cache=False).loss
+    assert n == sum(sum(lab != -100 for lab in f.labels[1:]) for f in feats)
+    assert abs(float(loss) / n - float(ref)) < 1e-4
+
+
+def test_validation_exact_match_is_reported(tiny, rows, tmp_path):
+    path, s = train_adapter("lora", rows, str(tiny), tmp_path / "em", max_steps=2, log=lambda m: None,
+                            overrides=FAST + ["train.em_examples=2", "train.eval_every=1", "data.format=closed"])
+    hist = json.loads((path / "ragtune_adapter.json").read_text())["metrics"]["history"]
+    assert [h["step"] for h in hist] == [1, 2]
+    assert all(0.0 <= h["val_em"] <= 1.0 and h["val_loss"] > 0 for h in hist)
+    assert s["val_em"] is not None
