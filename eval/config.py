@@ -162,6 +162,9 @@ class EvalConfig:
     context_budget: int | None = None
     """Context tokens for rag arms (None = no limit)."""
     shots: int = 3
+    shot_selection: str = "random"
+    """How few-shot examples are picked from the pool: random (seeded per question) or similar
+    (BM25 over the pool's questions, retriever.fewshot.ExamplePool)."""
     max_new_tokens: int = 32
     cot_max_new_tokens: int = 160
     batch_size: int = 8
@@ -193,6 +196,10 @@ class EvalConfig:
             raise ValueError(f"context_budget must be a positive integer or null, got {self.context_budget!r}")
         if not isinstance(self.shots, int) or self.shots < 0:
             raise ValueError(f"shots must be >= 0, got {self.shots!r}")
+        if self.threads is not None and (not isinstance(self.threads, int) or self.threads < 1):
+            raise ValueError(f"threads must be a positive integer or null, got {self.threads!r}")
+        if self.shot_selection not in ("random", "similar"):
+            raise ValueError(f"shot_selection must be random or similar, got {self.shot_selection!r}")
         arms = []
         for i, a in enumerate(self.arms):
             if isinstance(a, dict):

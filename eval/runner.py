@@ -116,6 +116,7 @@ class RunState:
     models_dir: Path | None = None
     log: object = print
     split: dict = field(default_factory=dict)
+    example_pool: object = None
 
 
 def prepare(config: EvalConfig, out_dir: Path, cache_dir: Path, log=print) -> RunState:
@@ -189,6 +190,7 @@ def ensure_generator(st: RunState) -> None:
 
 
 def _style_for(arm: ArmConfig):
+    import eval.styles  # noqa: F401  (registers the eval's extra styles)
     from retriever.prompts import get_style
 
     if arm.prompt_style:
@@ -206,12 +208,25 @@ def _retrieve(st: RunState, arm: ArmConfig, questions: list) -> tuple[list, list
     return hits, [per_q] * len(questions)
 
 
+def _shots(st: RunState, n: int, q) -> list:
+    """Few-shot examples for one question from the (leak-checked) pool."""
+    cfg = st.config
+    if cfg.shot_selection == "random" or n == 0:
+        return pick_shots(st.pool, n, q.id, cfg.seed)
+    if st.example_pool is None:
+        from retriever.fewshot import ExamplePool, FewShotConfig
+
+        st.example_pool = ExamplePool(st.pool, exclude=st.questions,
+                                      config=FewShotConfig(k=n, strategy="similar", seed=cfg.seed))
+    return st.example_pool.select(q.question, k=n)
+
+
 def _prompt_for(st: RunState, arm: ArmConfig, style, q, hits) -> tuple:
     """(Prompt, included source texts or None) for one question."""
     from retriever.hit import Hit
 
     cfg = st.config
-    examples = pick_shots(st.pool, cfg.arm_shots(arm), q.id, cfg.seed) if style.few_shot else None
+    examples = _shots(st, cfg.arm_shots(arm), q) if style.few_shot else None
     if arm.mode == "gold":
         hits = [Hit.from_text(q.context or "", title=q.title or "", source=q.paragraph_id or "")]
     if not style.uses_context:

@@ -22,6 +22,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--arms", help="comma-separated arm names to run (default: all in the config)")
     p.add_argument("--model", help="generator preset or path (overrides the config)")
     p.add_argument("--batch-size", type=int, help="questions generated together (overrides the config)")
+    p.add_argument("--threads", type=int, help="torch threads (1 is much faster when other jobs share the CPU)")
     p.add_argument("--report-only", action="store_true",
                    help="rebuild results.json and the report from --out without running anything")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
@@ -44,6 +45,8 @@ def _apply_overrides(config, args) -> None:
         values["model"] = args.model
     if args.batch_size is not None:
         values["batch_size"] = args.batch_size
+    if args.threads is not None:
+        values["threads"] = args.threads
     new = config_from_dict(values)
     for f in dataclasses.fields(new):
         setattr(config, f.name, getattr(new, f.name))
