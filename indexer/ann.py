@@ -98,6 +98,7 @@ class IVFIndex(FlatIndex):
 
         inner = faiss.downcast_index(index.index)
         inner.nprobe = min(int(params.get("nprobe", 16)), inner.nlist)
+        inner.make_direct_map()  # reconstruct(id) needs it
 
 
 INDEX_TYPES = {cls.name: cls for cls in (FlatIndex, HNSWIndex, IVFIndex)}

@@ -82,7 +82,24 @@ def write_generation(summary: "BuildSummary", plan: Plan, docs_dir: Path, index_
     """Build generation N+1 and switch CURRENT to it; fills `summary` in place.
 
     `reuse_live`: the live generation `prev` has the same layout, so if the loaded files
-    change no chunks, it is kept (only its manifest learns the new skipped files)."""
+    change no chunks, it is kept (only its manifest learns the new skipped files).
+    On any error the half-written generation is deleted and CURRENT is left as it was."""
+    live = store.read_current(index_dir)
+    new_gen = max(store.list_generations(index_dir) + [live or 0]) + 1
+    path = store.gen_dir(index_dir, new_gen)
+    path.mkdir(parents=True)
+    try:
+        _write(summary, plan, docs_dir, index_dir, prev, prev_meta, config, embedder=embedder,
+               models_dir=models_dir, progress=progress, report=report, reuse_live=reuse_live,
+               live=live, new_gen=new_gen, path=path)
+    except BaseException:
+        if store.read_current(index_dir) != new_gen:
+            shutil.rmtree(path, ignore_errors=True)
+        raise
+
+
+def _write(summary, plan, docs_dir, index_dir, prev, prev_meta, config, *, embedder, models_dir, progress,
+           report, reuse_live, live, new_gen, path) -> None:
     import faiss
     import numpy as np
 
@@ -90,10 +107,6 @@ def write_generation(summary: "BuildSummary", plan: Plan, docs_dir: Path, index_
     from indexer.ann import all_vectors, get_index_type, recall_vs_exact
     from indexer.bm25 import build_bm25
 
-    live = store.read_current(index_dir)
-    new_gen = max(store.list_generations(index_dir) + [live or 0]) + 1
-    path = store.gen_dir(index_dir, new_gen)
-    path.mkdir(parents=True)
     prev_path = store.gen_dir(index_dir, prev) if prev is not None else None
     if prev_path is not None:
         shutil.copyfile(prev_path / store.CHUNKS_DB, path / store.CHUNKS_DB)
@@ -146,6 +159,8 @@ def write_generation(summary: "BuildSummary", plan: Plan, docs_dir: Path, index_
     # 3. vectors: reuse any vector whose exact text is already indexed, embed each new text once
     t = time.perf_counter()
     prev_index = faiss.read_index(str(prev_path / store.VECTORS)) if prev_path is not None else None
+    if prev_index is not None:
+        get_index_type(prev_meta.index_type).configure(prev_index, prev_meta.index_params)
     unique: dict[str, str] = {}
     for c in chunks:
         unique.setdefault(c.content_hash, c.text)

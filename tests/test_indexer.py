@@ -209,6 +209,19 @@ def test_bad_inputs_are_reported_and_the_run_goes_on(tmp_path, cfg, tiny, monkey
     assert s2.generation == 1 and s2.skipped == s.skipped and s2.unchanged == 2
 
 
+def test_failed_build_leaves_no_partial_generation(tmp_path, cfg, tiny, monkeypatch):
+    docs, index = tmp_path / "docs", tmp_path / "index"
+    write_docs(docs, DOCS)
+    build(docs, index, cfg, tiny)
+    write_docs(docs, {"new.md": "# New\n\nfresh text\n"})
+    monkeypatch.setattr(embed_mod, "encode", lambda *a, **k: (_ for _ in ()).throw(MemoryError("out of memory")))
+    with pytest.raises(MemoryError):
+        build(docs, index, cfg, tiny)
+    assert list_generations(index) == [1]
+    with open_index(index) as r:
+        assert r.generation == 1 and r.verify() == []
+
+
 def test_missing_and_empty_folder_errors(tmp_path, cfg, tiny):
     with pytest.raises(FileNotFoundError, match="docs folder not found"):
         build(tmp_path / "nope", tmp_path / "index", cfg, tiny)
@@ -243,11 +256,11 @@ def test_approximate_index_reports_recall_and_updates(tmp_path, cfg, tiny, calls
     s = build(docs, index, ann, tiny)  # switching type re-uses every vector
     assert calls == [] and s.embedded == 0 and 0.5 <= s.ann_recall_at_10 <= 1.0
     (docs / "n000.txt").unlink()
-    write_docs(docs, {"new.txt": "a brand new note about zebras\n"})
+    write_docs(docs, {"new.txt": "a brand new note about zebras\n", "copy.txt": (docs / "n001.txt").read_text()})
     s = build(docs, index, ann, tiny)
-    assert (s.added, s.removed, s.embedded) == (1, 1, 1)
+    assert (s.added, s.removed, s.embedded, s.reused_vectors) == (2, 1, 1, 1)
     with open_index(index) as r:
-        assert r.meta.index_type == kind and r.verify() == [] and r.vectors.ntotal == 300
+        assert r.meta.index_type == kind and r.verify() == [] and r.vectors.ntotal == 301
         assert search_sources(index, tiny, "a brand new note about zebras", k=1) == ["new.txt"]
 
 
