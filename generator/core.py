@@ -180,8 +180,9 @@ class Generator:
     def generate(self, prompts: list[list[dict]], adapter=_BASE, **overrides) -> list[Generation]:
         """Answer many chat prompts; results in input order.
 
-        Prompts are sorted by length and run in sub-batches of `batch_size` with left
-        padding, so padding (wasted compute) stays small. Greedy unless `do_sample=True`.
+        Prompts are sorted by length and run in sub-batches of at most `batch_size` with left
+        padding; a prompt much shorter than its sub-batch's longest (`max_padding`) starts a new
+        one, so padding (wasted compute) stays small. Greedy unless `do_sample=True`.
         `adapter` picks an adapter for this call (None = base); default: `set_adapter`'s.
         Other keyword arguments override `GenConfig` fields for this call.
         """
@@ -191,15 +192,13 @@ class Generator:
         if not prompts:
             return []
         encoded = [self.encode(m) for m in prompts]
-        order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i]))
         results: list[Generation | None] = [None] * len(encoded)
         with self._lock:
             name = self._active if adapter is _BASE else adapter
             with self._using(name), torch.inference_mode():
                 if cfg.do_sample and cfg.seed is not None:
                     torch.manual_seed(cfg.seed)
-                for s in range(0, len(order), cfg.batch_size):
-                    idx = order[s:s + cfg.batch_size]
+                for idx in sub_batches([len(e) for e in encoded], cfg.batch_size, cfg.max_padding):
                     ids, mask = self._batch_tensors([encoded[i] for i in idx])
                     timing = TimingStreamer()
                     out = self.model.generate(input_ids=ids, attention_mask=mask, streamer=timing,
@@ -274,6 +273,19 @@ class Generator:
             new_tokens=len(new), first_token_ms=streamer.timing.first_token_ms,
             generate_ms=elapsed, finish_reason=reason, adapter=out["adapter"])
         self.last_generation = stream.generation
+
+
+def sub_batches(lengths: list[int], batch_size: int, max_padding: float) -> list[list[int]]:
+    """Indices grouped longest first: at most `batch_size` each, padding <= `max_padding` of the longest."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    groups: list[list[int]] = []
+    for i in order:
+        cur = groups[-1] if groups else None
+        if cur and len(cur) < batch_size and lengths[cur[0]] - lengths[i] <= max_padding * lengths[cur[0]]:
+            cur.append(i)
+        else:
+            groups.append([i])
+    return groups
 
 
 def end_of_turn_ids(tokenizer, model=None) -> list[int]:

@@ -141,7 +141,7 @@ def test_prompt_uses_the_chat_template(gen):
 
 
 def test_batched_equals_sequential_greedy(gen):
-    batched = gen.generate(PROMPTS, batch_size=3)  # sorted by length: sub-batches of 3 and 1, padded
+    batched = gen.generate(PROMPTS, batch_size=4, max_padding=1.0)  # one left-padded batch
     sequential = [gen.generate([p], batch_size=1)[0] for p in PROMPTS]
     assert [b.text for b in batched] == [s.text for s in sequential]
     assert [b.prompt_tokens for b in batched] == [len(gen.encode(p)) for p in PROMPTS]
@@ -330,3 +330,11 @@ def test_ask_cli_rejects_bad_input_in_one_line(capsys, tmp_path):
     assert main(["ask", "q?", "--mode", "closed-book", "--style", "few-shot", "--fewshot-pool",
                  str(tmp_path / "pool.jsonl")]) == 1
     assert "few-shot pool file not found" in capsys.readouterr().err
+
+
+def test_sub_batches_sort_by_length_and_bound_padding():
+    from generator.core import sub_batches
+
+    assert sub_batches([10, 50, 30, 48, 11], batch_size=2, max_padding=1.0) == [[1, 3], [2, 4], [0]]
+    assert sub_batches([10, 50, 30, 48, 11], batch_size=8, max_padding=0.25) == [[1, 3], [2], [4, 0]]
+    assert sub_batches([], 4, 0.1) == []
