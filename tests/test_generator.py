@@ -152,7 +152,7 @@ def test_batched_equals_sequential_greedy(gen):
 def test_stops_at_end_of_turn(gen):
     im_end = gen.tokenizer.convert_tokens_to_ids("<|im_end|>")
     with LogitBias(gen.model, [im_end], 1e4, after=4):
-        out = gen.generate(PROMPTS[:2], max_new_tokens=20)
+        out = gen.generate(PROMPTS[:2], max_new_tokens=20, max_padding=1.0)  # one batch: one step counter
     for g in out:
         assert g.finish_reason == "stop" and g.new_tokens == 4
         assert "<|im_end|>" not in g.text
