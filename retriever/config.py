@@ -18,15 +18,15 @@ class SearchConfig:
     """`dense` (FAISS), `bm25` (lexical) or `hybrid` (both, fused)."""
     k: int = 5
     """Hits returned."""
-    fusion: str = "rrf"
+    fusion: str = "convex"
     """Hybrid fusion: `rrf` (weighted reciprocal rank fusion) or `convex` (weighted sum of normalised scores)."""
-    dense_weight: float = 1.0
+    dense_weight: float = 0.5
     """Weight of the dense ranking in the fusion."""
-    bm25_weight: float = 1.0
+    bm25_weight: float = 0.5
     """Weight of the BM25 ranking in the fusion."""
     rrf_k: int = 60
     """RRF constant: score = sum_r weight_r / (rrf_k + rank_r)."""
-    normalization: str = "minmax"
+    normalization: str = "zscore"
     """Convex fusion: how each retriever's candidate scores are scaled before summing."""
     candidates: int = 50
     """Candidates taken from each retriever before fusion / MMR (at least k)."""

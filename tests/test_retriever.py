@@ -98,7 +98,7 @@ def test_hybrid_tags_both_retrievers_and_fuses(searcher):
     hits = searcher.search("FAISS nearest neighbours dense vectors", k=2, retriever="hybrid")
     assert hits[0].chunk_id == "c4" and set(hits[0].retrievers) == {"dense", "bm25"}
     rrf = searcher.search("FAISS nearest neighbours", k=4, fusion="rrf")
-    cvx = searcher.search("FAISS nearest neighbours", k=4, fusion="convex")
+    cvx = searcher.search("FAISS nearest neighbours", k=4, fusion="convex", normalization="minmax")
     assert rrf[0].chunk_id == cvx[0].chunk_id == "c4"
     assert 0 < rrf[0].score < 1 and cvx[0].score == pytest.approx(1.0)  # both top in min-max
 
