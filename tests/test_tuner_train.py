@@ -130,3 +130,19 @@ def test_validation_exact_match_is_reported(tiny, rows, tmp_path):
     assert [h["step"] for h in hist] == [1, 2]
     assert all(0.0 <= h["val_em"] <= 1.0 and h["val_loss"] > 0 for h in hist)
     assert s["val_em"] is not None
+
+
+def test_early_stopping(tiny, rows, tmp_path):
+    """With a learning rate too small to improve the validation loss, patience 1 stops after 2 evaluations."""
+    _, s = train_adapter("lora", rows, str(tiny), tmp_path / "es", max_steps=10, log=lambda m: None,
+                         overrides=FAST + ["train.lr=1e-12", "train.eval_every=1", "train.patience=1"])
+    meta = json.loads((tmp_path / "es" / "ragtune_adapter.json").read_text())
+    assert s["steps"] == 2 and meta["metrics"]["stopped_early"]
+
+
+def test_knowledge_injection_from_texts(tiny, tmp_path):
+    texts = [f"Chunk {i}: the river of land {i} is long." for i in range(6)]
+    _, s = train_adapter("lora", None, str(tiny), tmp_path / "inj", max_steps=2, texts=texts, log=lambda m: None,
+                         overrides=FAST + ["data.format=inject"])
+    meta = json.loads((tmp_path / "inj" / "ragtune_adapter.json").read_text())
+    assert meta["n_train"] + meta["n_val"] == 6 and s["val_loss"] > 0

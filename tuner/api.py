@@ -61,7 +61,7 @@ def summary_of(meta: dict, path: Path) -> dict:
 
 def train_adapter(recipe: Recipe | str | Path, data: Any, model_name: str, out_dir: str | Path | None = None, *,
                   name: str | None = None, overrides: Sequence[str] = (), max_steps: int | None = None,
-                  search: Any = None, models_dir: Path | None = None, adapters_dir: Path | None = None,
+                  search: Any = None, texts: Sequence[str] | None = None, models_dir: Path | None = None, adapters_dir: Path | None = None,
                   resume: bool = False, reuse: bool = True, force: bool = False, progress: bool = False,
                   on_step: Callable[[int, dict], None] | None = None,
                   log: Callable[[str], None] = lambda m: print(m, file=sys.stderr)) -> tuple[Path, dict]:
@@ -74,6 +74,7 @@ def train_adapter(recipe: Recipe | str | Path, data: Any, model_name: str, out_d
         out_dir: adapter folder; default `adapters_dir/<name>`.
         overrides: `key=value` recipe overrides (see tuner.config.apply_overrides).
         search: for RAFT data, `search(question, k)` or a retriever Searcher (default: same-article paragraphs).
+        texts: for knowledge injection (data.format=inject), the passages to learn (e.g. an index's chunks).
         resume: continue from the last checkpoint of an interrupted run into the same folder.
         reuse: return an existing adapter whose recipe, data hash and base fingerprint match.
         force: replace an existing, different adapter at `out_dir`.
@@ -98,7 +99,7 @@ def train_adapter(recipe: Recipe | str | Path, data: Any, model_name: str, out_d
     name = name or (Path(out_dir).name if out_dir else default_name(rec, model_name))
     out = Path(out_dir) if out_dir else Path(adapters_dir or settings.adapters_dir) / name
     partial = out.with_name(f".{out.name}.partial")
-    rows = _rows(data)
+    rows = _rows(data) if data is not None else []
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
 
@@ -107,7 +108,8 @@ def train_adapter(recipe: Recipe | str | Path, data: Any, model_name: str, out_d
     tok = base.tokenizer
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
-    examples = build_examples(rows, rec.data, search=search, tokenizer=tok, max_seq_len=cfg.max_seq_len)
+    examples = build_examples(rows, rec.data, search=search, tokenizer=tok, max_seq_len=cfg.max_seq_len,
+                              texts=texts)
     train_ex, val_ex = split_examples(examples, rec.data.val_fraction, rec.data.max_val, rec.data.seed)
     identity = {"recipe": rec.to_dict(), "data_hash": data_hash(examples), "base_fingerprint": base.fingerprint}
     if out.exists():

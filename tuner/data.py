@@ -181,8 +181,16 @@ def inject_examples(texts: Sequence[str], ids: Sequence[str] | None = None) -> l
 
 
 def build_examples(rows: Sequence[Any], data_cfg, search: Any = None, tokenizer=None,
-                   max_seq_len: int = 512) -> list[ChatExample]:
-    """Examples for a `DataConfig` (format closed | raft | inject)."""
+                   max_seq_len: int = 512, texts: Sequence[str] | None = None) -> list[ChatExample]:
+    """Examples for a `DataConfig` (format closed | raft | inject).
+
+    `texts` (inject only): the passages to learn, e.g. the chunks of an index; default: the rows' contexts.
+    """
+    if data_cfg.format == "inject" and texts is not None:
+        texts = list(texts)[: data_cfg.max_examples or None]
+        if not texts:
+            raise ValueError("inject: no passages to train on")
+        return inject_examples(texts)
     rows = list(rows)
     if data_cfg.max_examples:
         rows = rows[: data_cfg.max_examples]

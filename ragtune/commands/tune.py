@@ -24,7 +24,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a recipe field, e.g. --set train.lr=1e-4 --set r=16 --set data.format=closed")
     p.add_argument("--index", metavar="DIR", help="RAFT data: retrieve distractors from this index "
-                   "(default: other paragraphs of the same article)")
+                   "(default: other paragraphs of the same article); with --set data.format=inject: learn "
+                   "the index's chunks (continued pre-training)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run from its last checkpoint")
     p.add_argument("--force", action="store_true", help="replace an existing adapter with the same name")
     p.add_argument("--no-reuse", action="store_true", help="retrain even if a matching adapter exists")
@@ -50,17 +51,24 @@ def run_tune(args: argparse.Namespace) -> int:
     from tuner.config import load_recipe
 
     settings = Settings.from_env()
-    load_recipe(args.recipe, args.overrides)  # fail fast on a bad recipe, before loading anything
+    recipe = load_recipe(args.recipe, args.overrides)  # fail fast, before loading anything
     if not Path(args.data).is_file():
         raise FileNotFoundError(f"no such data file: {args.data}")
     from tuner.api import train_adapter
 
-    search = _searcher(args.index, settings.models_dir) if args.index else None
+    search = texts = None
+    if args.index and recipe.data.format == "inject":
+        from indexer import open_index
+
+        texts = [c.text for c in open_index(args.index).all_chunks()]
+    elif args.index:
+        search = _searcher(args.index, settings.models_dir)
     quiet = args.json or args.quiet
     try:
         path, summary = train_adapter(
             args.recipe, args.data, args.model or settings.generator_model, out_dir=args.out, name=args.name,
-            overrides=args.overrides, max_steps=args.max_steps, search=search, models_dir=settings.models_dir,
+            overrides=args.overrides, max_steps=args.max_steps, search=search, texts=texts,
+            models_dir=settings.models_dir,
             adapters_dir=settings.adapters_dir, resume=args.resume, reuse=not args.no_reuse, force=args.force,
             progress=not quiet, log=(lambda m: None) if args.json else (lambda m: print(m, file=sys.stderr)))
     except FileExistsError as err:
