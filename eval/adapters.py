@@ -118,6 +118,8 @@ def train_adapter(st, arm: ArmConfig, data_file: Path, path: Path) -> dict:
            "--set", f"data.format={spec.kind}", "--json"]
     if st.config.dtype != "auto":
         cmd += ["--set", f"train.dtype={st.config.dtype}"]
+    if st.config.threads:
+        cmd += ["--set", f"train.threads={st.config.threads}"]
     for key, value in spec.overrides.items():
         cmd += ["--set", f"{key}={value}"]
     st.log(f"[{arm.name}] training adapter: {' '.join(cmd[2:])}")

@@ -25,7 +25,8 @@ ARM_COLUMNS = [
     ("latency_p95_ms", "p95 ms", "{:.0f}"), ("prompt_tokens_mean", "prompt tok", "{:.0f}"),
     ("new_tokens_mean", "gen tok", "{:.0f}"), ("trainable_params", "trainable", "{:,}"),
     ("trainable_pct", "trainable %", "{:.3g}"), ("train_seconds", "train s", "{:.0f}"),
-    ("peak_mem_mb", "peak MB", "{:.0f}"), ("wall_seconds", "wall s", "{:.0f}"),
+    ("peak_mem_mb", "peak MB", "{:.0f}"), ("answer_seconds", "answer s", "{:.0f}"),
+    ("wall_seconds", "wall s", "{:.0f}"),
 ]
 
 
@@ -177,7 +178,9 @@ def _setup_lines(results: dict) -> list[str]:
                          + (f", trained on {s['train_examples']} examples" if s.get("train_examples") else "") + ").")
     env = results.get("environment", {})
     lines.append(f"Machine: {env.get('cpus', '?')} CPUs, torch threads {env.get('torch_threads', '?')}; "
-                 "latency is per question with batched generation (batch time / batch size) plus retrieval.")
+                 "latency is per question with batched generation (batch time / batch size) plus retrieval; "
+                 "peak MB is this process's resident memory during the arm (models shared by all arms; "
+                 "training runs in a child process and reports its own peak in results.json).")
     return lines
 
 

@@ -333,9 +333,12 @@ def run_eval(config: EvalConfig, out_dir: Path, *, resume: bool = False, cache_d
                 info.update(adapter=str(path), **train_info)
             elif st.generator.adapters():
                 st.generator.set_adapter(None)
+            t_answer = time.perf_counter()
             with tqdm(total=todo, desc=arm.name, unit="q", dynamic_ncols=True) as bar:
                 run_arm(st, arm, done, progress=bar)
             wall = time.perf_counter() - t0
+        # wall = loading + (training) + answering; answer_seconds = answering only
+        info["answer_seconds"] = round(info.get("answer_seconds", 0.0) + time.perf_counter() - t_answer, 1)
         info["wall_seconds"] = round(info.get("wall_seconds", 0.0) + wall, 1)
         info["peak_mem_mb"] = round(max(info.get("peak_mem_mb", 0.0), mem.peak_mb), 1)
         meta[arm.name] = info
