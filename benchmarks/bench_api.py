@@ -30,11 +30,20 @@ SQUAD_DEV = ROOT.parent / "shared" / "data" / "squad" / "squad-dev-v1.1.json.gz"
 CACHE = ROOT / "benchmarks" / ".cache" / "api"
 
 
-def build_index(limit: int | None) -> tuple[Path, list[str]]:
-    """SQuAD dev paragraphs as documents, indexed once into benchmarks/.cache/api/."""
+def build_index(limit: int | None, existing: Path | None = None) -> tuple[Path, list[str]]:
+    """SQuAD dev paragraphs as documents, indexed once into benchmarks/.cache/api/.
+
+    `existing`: an index of the same paragraphs built elsewhere (e.g. by bench_retrieval),
+    copied first, so fuzzed rebuilds never write to someone else's index.
+    """
     from ragtune.qadata import load_squad, write_paragraph_docs
 
     paragraphs, examples = load_squad(SQUAD_DEV)
+    if existing is not None:
+        copy = CACHE / "index-copy"
+        shutil.rmtree(copy, ignore_errors=True)
+        shutil.copytree(existing, copy, symlinks=True)
+        return copy, [e.question for e in examples]
     if limit:
         paragraphs = paragraphs[:limit]
         keep = {p.id for p in paragraphs}
@@ -177,9 +186,10 @@ def main() -> int:
     p.add_argument("--fuzz-examples", type=int, default=15)
     p.add_argument("--fuzz-max-time", type=int, default=240)
     p.add_argument("--no-fuzz", action="store_true")
+    p.add_argument("--index", type=Path, help="use a copy of this existing SQuAD dev index instead of building one")
     args = p.parse_args()
 
-    index, questions = build_index(args.limit or None)
+    index, questions = build_index(args.limit or None, args.index)
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     proc = start_server(index, args.model, port, args)
