@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_retrieval import SHIFTS, corpus_index, log, run_quality  # noqa: E402
+from bench_retrieval import SHIFTS, cached, corpus_index, log, run_quality  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -112,23 +112,6 @@ def main(argv=None) -> int:
     if args.out:
         args.out.write_text(text)
     return 0
-
-
-def cached(model, texts: list[str]):
-    """Embed `texts` once; return a callable embedder serving them from memory (the grid
-    re-ranks the same questions many times)."""
-    from indexer.embed import encode
-
-    vecs = encode(model, texts, batch_size=64)
-    table = {t: v for t, v in zip(texts, vecs)}
-
-    def embed(batch: list[str]):
-        missing = [t for t in batch if t not in table]
-        if missing:
-            table.update(zip(missing, encode(model, missing)))
-        return np.stack([table[t] for t in batch])
-
-    return embed
 
 
 def _fusion_grid(s, q) -> dict:

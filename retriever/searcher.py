@@ -140,9 +140,11 @@ class Searcher:
         lists: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         if mode in ("dense", "hybrid"):
             lists["dense"] = self.dense.search(qvecs, depth, allowed)
+        bm25_rows: list[np.ndarray] = []
         if mode in ("bm25", "hybrid"):
             mask = None if allowed is None else np.isin(self.bm25.ids, allowed)
-            lists["bm25"] = self.bm25.search(queries, depth, mask)
+            bm25_rows = [self.bm25.scores(q) for q in queries]  # every row's score, kept for convex fusion
+            lists["bm25"] = _top_rows(bm25_rows, np.asarray(self.bm25.ids), depth, mask)
         out = []
         for qi, query in enumerate(queries):
             per = {name: _valid(ids[qi], sc[qi]) for name, (ids, sc) in lists.items()}
@@ -156,7 +158,7 @@ class Searcher:
                 ids, scores = rrf({n: v[0] for n, v in per.items()}, self._weights(cfg), cfg.rrf_k)
             else:
                 ids = np.fromiter(found.keys(), dtype=np.int64, count=len(found))
-                raw = {"dense": self.dense.scores_for(qvecs[qi], ids), "bm25": self._bm25_scores(query, ids)}
+                raw = {"dense": self.dense.scores_for(qvecs[qi], ids), "bm25": self._bm25_lookup(bm25_rows[qi], ids)}
                 ids, scores = convex(ids, raw, self._weights(cfg), cfg.normalization)
             if cfg.mmr and len(ids) > 1:
                 pick = mmr(scores, self.dense.vectors_for(ids), cfg.k, cfg.mmr_lambda)
@@ -164,8 +166,8 @@ class Searcher:
             out.append([(int(i), float(s), found.get(int(i), [])) for i, s in zip(ids[:cfg.k], scores[:cfg.k])])
         return out
 
-    def _bm25_scores(self, query: str, ids: np.ndarray) -> np.ndarray:
-        row_scores = self.bm25.scores(query)
+    def _bm25_lookup(self, row_scores: np.ndarray, ids: np.ndarray) -> np.ndarray:
+        """BM25 scores of chunk `ids`, from one query's per-row scores."""
         if len(self._bm25_sorted) == 0:
             return np.zeros(len(ids), np.float32)
         pos = np.clip(np.searchsorted(self._bm25_sorted, ids), 0, len(self._bm25_sorted) - 1)
@@ -223,6 +225,23 @@ def _check_keys(chunks: list, key: tuple) -> None:
     unknown = [k for k, _ in key if k not in known]
     if unknown:
         raise ValueError(f"unknown filter key {unknown[0]!r}; known keys: {', '.join(sorted(known))}")
+
+
+def _top_rows(rows: list[np.ndarray], ids: np.ndarray, k: int, mask: np.ndarray | None
+              ) -> tuple[np.ndarray, np.ndarray]:
+    """Top-k chunk ids per query from full BM25 score rows; rows outside `mask` or scoring 0
+    are not candidates (-1 pads). Same contract as `BM25Index.search`."""
+    k = min(k, len(ids))
+    out_ids = np.full((len(rows), k), -1, np.int64)
+    out_sc = np.zeros((len(rows), k), np.float32)
+    for qi, sc in enumerate(rows):
+        sc = np.where(mask, sc, 0.0) if mask is not None else sc
+        nz = np.flatnonzero(sc > 0)
+        if len(nz) > k:
+            nz = nz[np.argpartition(-sc[nz], k - 1)[:k]]
+        nz = nz[np.argsort(-sc[nz], kind="stable")]
+        out_ids[qi, :len(nz)], out_sc[qi, :len(nz)] = ids[nz], sc[nz]
+    return out_ids, out_sc
 
 
 def _valid(ids: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
