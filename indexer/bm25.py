@@ -109,4 +109,6 @@ class BM25Index:
         if self.model is None:
             return np.zeros(len(self.ids), np.float32)
         tokens = tokenize_strings([query], self.config)[0]
+        if not tokens:  # only stopwords / punctuation: bm25s.get_scores fails on an empty list
+            return np.zeros(len(self.ids), np.float32)
         return np.asarray(self.model.get_scores(tokens), dtype=np.float32)
