@@ -229,6 +229,9 @@ def test_search_hits_have_cli_fields_and_filters_apply(client):
     assert r.status_code == 200 and [h["source"] for h in r.json()["hits"]] == ["guides/garden.txt"]
     hybrid = client.post("/v1/search", json={"question": "telescope nebula", "top_k": 3}).json()["hits"]
     assert "astronomy.md" in [h["source"] for h in hybrid]
+    for q in ["the of and", "?!", "0"]:  # nothing BM25 can match (found by schemathesis): still a 200
+        for retriever in ("bm25", "hybrid"):
+            assert client.post("/v1/search", json={"question": q, "retriever": retriever}).status_code == 200
 
 
 def test_index_info(client, world):
