@@ -198,16 +198,18 @@ def main(argv: list[str] | None = None) -> int:
 
     p = argparse.ArgumentParser(prog="python -m retriever.adapt_embedder", description=__doc__.split("\n\n")[0])
     p.add_argument("--data", type=Path, required=True, help="SQuAD-format training file (never your eval set)")
+    p.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a busy shared CPU)")
     for f, default in asdict(AdaptConfig()).items():
         p.add_argument("--" + f.replace("_", "-"), type=type(default), default=None if f == "name" else default)
     args = vars(p.parse_args(argv))
     data = args.pop("data")
+    threads = args.pop("threads")
     args["name"] = args["name"] or ""
     try:
         cfg = AdaptConfig(**args)
         import torch
 
-        torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+        torch.set_num_threads(max(1, threads))
         adapt(data, cfg, Settings.from_env().models_dir, log=lambda m: print(m, file=sys.stderr, flush=True))
     except (ValueError, FileNotFoundError, RuntimeError) as err:
         print(f"adapt_embedder: error: {err}", file=sys.stderr)

@@ -34,9 +34,9 @@ class SearchConfig:
     """Re-order the fused candidates with maximal marginal relevance (fewer near-duplicates)."""
     mmr_lambda: float = 0.7
     """MMR trade-off: 1 = relevance only, 0 = diversity only."""
-    query_model: str | None = "auto"
-    """Adapted query encoder (`python -m retriever.adapt_embedder`): "auto" uses `<index model>-query`
-    from RAGTUNE_HOME/models when it exists, None always embeds queries with the index's model,
+    query_model: str | None = None
+    """Adapted query encoder (`python -m retriever.adapt_embedder`): None embeds queries with the
+    index's model; "auto" uses `<index model>-query` from RAGTUNE_HOME/models when it exists;
     or a folder name / path."""
 
     def __post_init__(self) -> None:

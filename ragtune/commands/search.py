@@ -22,7 +22,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "--filter file_type=pdf --filter 'source=guides/*')")
     p.add_argument("--mmr", action="store_true", help="re-order with maximal marginal relevance (fewer near-duplicates)")
     p.add_argument("--query-model", default=None,
-                   help="adapted query encoder (default: auto = <index model>-query if built; 'none' to disable)")
+                   help="adapted query encoder from `python -m retriever.adapt_embedder` (a name or path, or 'auto' = "
+                        "<index model>-query if built; default: none, queries use the index's model)")
     p.add_argument("--json", action="store_true", help='print {"hits": [...]} as JSON')
     p.set_defaults(func=run_search)
 
