@@ -177,6 +177,12 @@ def bench_cold(model: str, preset_dir: Path, messages: list[dict], repeats: int,
             "answers": {"ragtune": ours[0]["text"], "gguf": gguf[0]["text"]}}
 
 
+def _save(report: dict, out: str | None) -> None:
+    """Write what is measured so far (a long run interrupted still leaves its numbers)."""
+    if out:
+        Path(out).write_text(json.dumps(report, indent=2))
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="qwen2.5-0.5b")
@@ -213,9 +219,11 @@ def main() -> int:
     if "single" not in args.skip:
         report["single"] = bench_single(gen, prompts[:args.n_single], args.max_new_tokens, args.repeats)
         print(json.dumps(report["single"]), file=sys.stderr)
+        _save(report, args.out)
     if "batch" not in args.skip:
         report["batch"] = bench_batch(gen, prompts[:args.n_batch], args.max_new_tokens, args.batch_size)
         print(json.dumps(report["batch"]), file=sys.stderr)
+        _save(report, args.out)
     if "cold" not in args.skip:
         del gen
         preset_dir = hub.resolve(args.model, settings.models_dir)
