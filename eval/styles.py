@@ -2,19 +2,22 @@
 registered in the retriever's style registry (usable as `prompt_style:` in eval configs and
 by `ragtune prompt/ask --style` once imported).
 
-They differ from the stock RAG styles only in wording: a reading-comprehension framing and a
-firmer "copy the shortest exact span" instruction repeated right before the answer, which
-cut the long, sentence-shaped answers that cost F1 (see the eval report for measurements).
+They differ from the stock RAG styles only in wording: a reading-comprehension framing, a
+firmer "copy the shortest exact span" instruction repeated right before the answer, and no
+request for a citation. Measured with Qwen2.5-0.5B (bf16, greedy) on 40 SQuAD dev questions
+with the gold paragraph as the only source: F1 41.7 / EM 30.0 vs 37.5 / 32.5 for the stock
+rag-zero-shot wording (within noise at n=40). A variant that also asked for "then [n]" right
+before the answer made the model reply with the citation alone ("[2]") for most questions
+(F1 5.5 with 3 retrieved sources): small models follow the last instruction literally.
 """
 
 from __future__ import annotations
 
 from retriever.prompts import RagFewShot, RagZeroShot, register_style
 
-_SYSTEM = ("You answer reading-comprehension questions. Copy the shortest exact span from the sources that "
-           "answers the question: usually 1-5 words, a name, number, date or short phrase. "
-           "No full sentence, no explanation. Then give the source number in brackets, e.g. \"1912 [2]\".")
-_REMINDER = "Answer with the shortest span copied from the sources, then [n]:"
+_SYSTEM = ("You answer reading-comprehension questions. Copy the shortest exact span from the context that "
+           "answers the question: usually 1-5 words. No sentence, no explanation.")
+_REMINDER = "Shortest answer span:"
 
 
 @register_style

@@ -123,3 +123,17 @@ def test_eval_config_to_dict_roundtrip():
     cfg = config_from_dict({"arms": ARMS + [{"name": "t", "train": {"recipe": "lora", "kind": "raft"}}]})
     again = config_from_dict(cfg.to_dict())
     assert isinstance(again, EvalConfig) and again.arms[2].train.kind == "raft"
+
+
+def test_eval_styles_register_and_build():
+    import eval.styles  # noqa: F401
+    from retriever.prompts import get_style
+
+    for name in eval.styles.STYLE_NAMES:
+        style = get_style(name)
+        p = style.build("Who?", ["Ann wrote it."], examples=[QAExample("1", "When?", ("1912",), "It was 1912.")])
+        assert p.messages[-1]["content"].endswith("Shortest answer span:") and "[1]" in p.messages[-1]["content"]
+    cfg = load_config(ROOT / "eval" / "configs" / "squad.yaml")
+    for arm in cfg.arms:
+        if arm.prompt_style:
+            assert get_style(arm.prompt_style).uses_context == arm.uses_context
