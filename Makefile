@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO_DIR ?= .ragtune-demo
-QUESTION ?= How does ragtune keep the index usable when a rebuild is killed?
+QUESTION ?= What does the manifest record for every file?
 
 .PHONY: install demo test test-all bench clean
 

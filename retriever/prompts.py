@@ -226,8 +226,8 @@ class RagZeroShot(PromptStyle):
     name = "rag-zero-shot"
     uses_context = True
     system = ("Answer the question using the numbered sources. Reply with the answer only: the shortest "
-              "span copied word for word from a source, followed by its number in brackets, e.g. \"1912 [2]\".")
-    reminder = "Answer (shortest span from the sources, then [n]):"
+              "span copied word for word from a source, followed by the number of that source in brackets.")
+    reminder = "Answer (shortest span from the sources):"
 
 
 class RagFewShot(RagZeroShot):
