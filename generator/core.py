@@ -198,7 +198,18 @@ class Generator:
             with self._using(name), torch.inference_mode():
                 if cfg.do_sample and cfg.seed is not None:
                     torch.manual_seed(cfg.seed)
-                for idx in sub_batches([len(e) for e in encoded], cfg.batch_size, cfg.max_padding):
+                split = self._split_prefill_ok(name)
+                # split prefill pads nothing in the prefill, so only batch_size bounds a group
+                padding = 1.0 if split else cfg.max_padding
+                for idx in sub_batches([len(e) for e in encoded], cfg.batch_size, padding):
+                    rows = self._split_generate([encoded[i] for i in idx], cfg) if split else None
+                    if rows is not None:
+                        for (new, reason, first_ms, total_ms), i in zip(rows, idx):
+                            results[i] = Generation(
+                                text=self.tokenizer.decode(new, skip_special_tokens=True),
+                                prompt_tokens=len(encoded[i]), new_tokens=len(new), first_token_ms=first_ms,
+                                generate_ms=total_ms, finish_reason=reason, adapter=name)
+                        continue
                     ids, mask = self._batch_tensors([encoded[i] for i in idx])
                     timing = TimingStreamer()
                     out = self.model.generate(input_ids=ids, attention_mask=mask, streamer=timing,
@@ -213,6 +224,138 @@ class Generator:
                             finish_reason=reason, adapter=name)
         self.last_generation = results[-1]
         return results  # type: ignore[return-value]
+
+    def _split_prefill_ok(self, adapter: str | None) -> bool:
+        """Whether `_split_generate` can run: not for prompt-learning adapters (virtual tokens)."""
+        if adapter in self._peft:
+            return not self.model.peft_config[adapter].is_prompt_learning
+        return True
+
+    def _split_generate(self, rows: list[list[int]], cfg: GenConfig) -> list[tuple] | None:
+        """Prefill each prompt alone, then decode all of them as one batch; None = not possible here.
+
+        On a CPU, prefill of RAG prompts dominates and a padded batch prefill computes the padding
+        too (and takes the masked, slower attention path), while decoding one token costs about the
+        same for 1 row as for 16 (it is bound by reading the weights). So: every prompt is
+        prefilled unpadded (batch 1), the per-prompt KV caches are left-padded into one batched
+        cache, and the decode steps run batched, rows leaving the batch as soon as they stop.
+        Greedy results equal per-prompt greedy decoding up to float rounding.
+        Returns (new ids, finish reason, first-token ms, total ms) per row, in input order.
+        """
+        import torch
+
+        model, device = self.model, self.model.device
+        start = time.perf_counter()
+        n, lengths = len(rows), [len(r) for r in rows]
+        width = max(lengths)
+        processors = self._logits_processors(cfg)
+        kv: list[tuple] = []  # per layer: batched (keys, values), left-padded to `width`
+        first = torch.empty(n, dtype=torch.long, device=device)
+        first_ms = [0.0] * n
+        for i, r in enumerate(rows):
+            ids = torch.tensor([r], dtype=torch.long, device=device)
+            out = model(input_ids=ids, use_cache=True, logits_to_keep=1)
+            cache = out.cache if getattr(out, "cache", None) is not None else out.past_key_values
+            layers = getattr(cache, "layers", None)
+            if i == 0 and (not layers or any(type(layer).__name__ != "DynamicLayer" for layer in layers)):
+                return None  # sliding-window / hybrid caches: let model.generate handle them
+            for li, layer in enumerate(layers):
+                if i == 0:
+                    shape = list(layer.keys.shape)
+                    shape[0], shape[-2] = n, width
+                    kv.append((layer.keys.new_zeros(shape), layer.values.new_zeros(shape)))
+                kv[li][0][i, :, width - len(r):] = layer.keys[0]
+                kv[li][1][i, :, width - len(r):] = layer.values[0]
+            first[i] = self._next_tokens(out.logits[:, -1, :], ids, processors, cfg)[0]
+            first_ms[i] = (time.perf_counter() - start) * 1000
+            del out, cache, layers
+        from transformers import DynamicCache
+
+        cache = DynamicCache(ddp_cache_data=kv)
+        del kv
+        limit = cfg.max_new_tokens
+        mask = torch.zeros((n, width + limit), dtype=torch.long, device=device)
+        for i, length in enumerate(lengths):
+            mask[i, width - length:width] = 1
+        history = None
+        if processors:  # repetition penalty needs each row's prompt and answer so far
+            history = torch.full((n, width + limit), self.pad_id, dtype=torch.long, device=device)
+            for i, r in enumerate(rows):
+                history[i, width - len(r):width] = torch.tensor(r, dtype=torch.long, device=device)
+        position = torch.tensor(lengths, dtype=torch.long, device=device)
+        active = list(range(n))
+        new: list[list[int]] = [[] for _ in range(n)]
+        done: list[tuple | None] = [None] * n
+        token, step, cache_key = first, 0, self._cache_kwarg
+        while True:
+            keep = []
+            for j, i in enumerate(active):
+                t = int(token[j])
+                if t in self.stop_ids:
+                    done[i] = ("stop", time.perf_counter())
+                    continue
+                new[i].append(t)
+                if len(new[i]) >= limit:
+                    done[i] = ("length", time.perf_counter())
+                    continue
+                keep.append(j)
+            if not keep:
+                break
+            if len(keep) < len(active):  # finished rows leave the batch: later steps are cheaper
+                sel = torch.tensor(keep, dtype=torch.long, device=device)
+                cache.batch_select_indices(sel)
+                mask, position, token = mask[sel], position[sel], token[sel]
+                history = history[sel] if history is not None else None
+                active = [active[j] for j in keep]
+            col = width + step
+            mask[:, col] = 1
+            if history is not None:
+                history[:, col] = token
+            out = model(input_ids=token[:, None], attention_mask=mask[:, :col + 1], position_ids=position[:, None],
+                        use_cache=True, **{cache_key: cache})
+            position += 1
+            step += 1
+            token = self._next_tokens(out.logits[:, -1, :], history[:, :col + 1] if history is not None else None,
+                                      processors, cfg)
+            del out
+        return [(new[i], done[i][0], first_ms[i], (done[i][1] - start) * 1000) for i in range(n)]
+
+    @property
+    def _cache_kwarg(self) -> str:
+        """transformers >= 5.24 names the forward's cache argument `cache` (before: `past_key_values`)."""
+        import inspect
+
+        base = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
+        return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
+
+    def _logits_processors(self, cfg: GenConfig):
+        from transformers.generation.logits_process import (LogitsProcessorList, RepetitionPenaltyLogitsProcessor,
+                                                            TemperatureLogitsWarper, TopKLogitsWarper,
+                                                            TopPLogitsWarper)
+
+        procs = LogitsProcessorList()
+        if cfg.repetition_penalty != 1.0:
+            procs.append(RepetitionPenaltyLogitsProcessor(cfg.repetition_penalty))
+        if cfg.do_sample:
+            if cfg.temperature != 1.0:
+                procs.append(TemperatureLogitsWarper(cfg.temperature))
+            if cfg.top_k:
+                procs.append(TopKLogitsWarper(cfg.top_k))
+            if cfg.top_p < 1.0:
+                procs.append(TopPLogitsWarper(cfg.top_p))
+        return procs
+
+    @staticmethod
+    def _next_tokens(logits, history, processors, cfg: GenConfig):
+        """Next token per row: greedy, or sampled from the processed distribution."""
+        import torch
+
+        scores = logits.float()
+        if processors:
+            scores = processors(history, scores)
+        if cfg.do_sample:
+            return torch.multinomial(torch.softmax(scores, dim=-1), 1)[:, 0]
+        return scores.argmax(dim=-1)
 
     def stream(self, messages: list[dict], adapter=_BASE, **overrides) -> TextStream:
         """Generate one answer, yielding text pieces as they are produced.

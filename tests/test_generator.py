@@ -71,15 +71,26 @@ def gen(tiny):
 
 
 class LogitBias:
-    """Forward hook on lm_head: add `value` to `token_id`'s logit from decoding step `after` on."""
+    """Forward hooks: add `value` to `token_id`'s logit from decoding step `after` on.
+
+    Step 0 is the token predicted from a prompt (a prefill: more than one input position,
+    whether prompts are prefilled one by one or as a batch); each single-position forward
+    (one batched decode step) is the next step.
+    """
 
     def __init__(self, model, token_ids: list[int], value: float, after: int = 0) -> None:
-        self.token_ids, self.value, self.after, self.calls = token_ids, value, after, 0
+        self.token_ids, self.value, self.after, self.decodes, self.prefill = token_ids, value, after, 0, True
         head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else model.lm_head
-        self.handle = head.register_forward_hook(self)
+        self.handles = [model.get_input_embeddings().register_forward_pre_hook(self.on_input),
+                        head.register_forward_hook(self)]
+
+    def on_input(self, module, inputs):
+        self.prefill = inputs[0].shape[-1] > 1
 
     def __call__(self, module, inputs, output):
-        step, self.calls = self.calls, self.calls + 1  # call 0 = the prompt, then one per new token
+        if not self.prefill:
+            self.decodes += 1
+        step = 0 if self.prefill else self.decodes
         if step >= self.after:
             output[..., self.token_ids] += self.value
         return output
@@ -88,7 +99,8 @@ class LogitBias:
         return self
 
     def __exit__(self, *exc):
-        self.handle.remove()
+        for h in self.handles:
+            h.remove()
 
 
 # ------------------------------------------------------------------------------- config / loading
@@ -147,6 +159,46 @@ def test_batched_equals_sequential_greedy(gen):
     assert [b.prompt_tokens for b in batched] == [len(gen.encode(p)) for p in PROMPTS]
     assert len({b.prompt_tokens for b in batched}) == len(PROMPTS)  # lengths differ: padding was exercised
     assert all(b.new_tokens > 0 and b.generate_ms > 0 and 0 < b.first_token_ms <= b.generate_ms for b in batched)
+
+
+@pytest.mark.parametrize("penalty", [1.0, 1.3])
+def test_split_prefill_batch_matches_transformers_generate(gen, penalty):
+    """Prompts prefilled one by one, then decoded as one batch (rows leaving as they stop),
+    give what plain `model.generate` gives for each prompt alone."""
+    batched = gen.generate(PROMPTS, batch_size=4, max_new_tokens=12, repetition_penalty=penalty)
+    with torch.inference_mode():
+        for p, b in zip(PROMPTS, batched):
+            ids = torch.tensor([gen.encode(p)])
+            ref = gen.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=12,
+                                     do_sample=False, repetition_penalty=penalty, eos_token_id=gen.stop_ids,
+                                     pad_token_id=gen.pad_id)
+            new, reason = gen._finish(ref[0, ids.shape[1]:].tolist())
+            assert (b.text, b.new_tokens, b.finish_reason) == (
+                gen.tokenizer.decode(new, skip_special_tokens=True), len(new), reason)
+
+
+def test_rows_leave_the_batch_when_they_stop(gen):
+    """One row stops early; the others continue in a smaller batch and still match plain generate."""
+    im_end = gen.tokenizer.convert_tokens_to_ids("<|im_end|>")
+    state = {"decodes": 0}
+
+    def bias_first_row(module, inputs, output):
+        if output.shape[0] == len(PROMPTS) and inputs[0].shape[1] == 1:  # a decode step of the full batch
+            state["decodes"] += 1
+            if state["decodes"] >= 2:
+                output[0, :, im_end] += 1e4
+        return output
+
+    handle = gen.model.get_output_embeddings().register_forward_hook(bias_first_row)
+    try:
+        out = gen.generate(PROMPTS, batch_size=4, max_new_tokens=10)
+    finally:
+        handle.remove()
+    longest = max(range(len(PROMPTS)), key=lambda i: len(gen.encode(PROMPTS[i])))  # row 0 of the batch
+    assert (out[longest].new_tokens, out[longest].finish_reason) == (2, "stop")
+    for i, p in enumerate(PROMPTS):
+        if i != longest:
+            assert out[i].text == gen.generate([p], max_new_tokens=10)[0].text
 
 
 def test_stops_at_end_of_turn(gen):
