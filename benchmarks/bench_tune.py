@@ -138,7 +138,9 @@ def run_ragtune(args, method: str, steps: int, train_feats, val_feats, overrides
     torch.manual_seed(0)
     model = m.prepare(base.model, rec.method_args, tok)
     report = count_params(model)
-    autocast = next(p for p in model.parameters() if not p.requires_grad).dtype == torch.bfloat16 or base.quantized
+    # as tuner.api: bf16 autocast when the frozen weights are bf16 (full fine-tuning freezes none)
+    frozen = next((p.dtype for p in model.parameters() if not p.requires_grad and p.is_floating_point()), None)
+    autocast = frozen == torch.bfloat16 or base.quantized
     feats = pack(train_feats, rec.train.max_seq_len, 0) if rec.train.packing else train_feats
     val_before = evaluate_loss(model, val_feats, 4, tok.pad_token_id, autocast)
     rec.train.max_steps = steps

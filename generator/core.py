@@ -226,10 +226,10 @@ class Generator:
         return results  # type: ignore[return-value]
 
     def _split_prefill_ok(self, adapter: str | None) -> bool:
-        """Whether `_split_generate` can run: not for prompt-learning adapters (virtual tokens)."""
-        if adapter in self._peft:
-            return not self.model.peft_config[adapter].is_prompt_learning
-        return True
+        """Whether `_split_generate` can run: not with prompt-learning adapters (their virtual tokens
+        are added inside peft's own generate), whichever adapter this call uses."""
+        configs = getattr(self.model, "peft_config", None) or {}
+        return not any(getattr(c, "is_prompt_learning", False) for c in configs.values())
 
     def _split_generate(self, rows: list[list[int]], cfg: GenConfig) -> list[tuple] | None:
         """Prefill each prompt alone, then decode all of them as one batch; None = not possible here.

@@ -130,7 +130,7 @@ def test_cli_tune_json_and_adapters(tiny, tmp_path, monkeypatch, capsys):
     assert main(["adapters", "show", "t1"]) == 1
 
 
-@pytest.mark.parametrize("name", ["bitfit", "lora"])
+@pytest.mark.parametrize("name", ["bitfit", "lora", "prompt-tuning"])  # prompt-tuning: the model.generate path
 def test_generator_loads_tuned_adapters(name, tiny, tmp_path):
     """The generator (generator.Generator) answers with a tuner adapter like tuner.attach does."""
     from generator import Generator
