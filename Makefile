@@ -31,6 +31,7 @@ test: install
 	$(BIN)/python -m pytest -q
 
 bench: install
+	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
 	$(BIN)/ragtune models pull
 	for b in benchmarks/bench_*.py; do $(BIN)/python $$b || exit 1; done
 

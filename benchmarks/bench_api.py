@@ -148,9 +148,13 @@ def bodies_for(questions: list[str], seed: int, **fields):
         yield {"question": rng.choice(questions), **fields}
 
 
+def schemathesis_exe() -> str | None:
+    return shutil.which("schemathesis", path=str(Path(sys.executable).parent)) or shutil.which("schemathesis")
+
+
 def fuzz(base: str, examples: int, max_time: int) -> dict:
     """schemathesis over /openapi.json; counts 5xx (not_a_server_error) failures."""
-    exe = shutil.which("schemathesis", path=str(Path(sys.executable).parent)) or "schemathesis"
+    exe = schemathesis_exe()
     with tempfile.TemporaryDirectory() as tmp:
         junit = Path(tmp) / "junit.xml"
         cmd = [exe, "run", f"{base}/openapi.json", "--checks", "not_a_server_error", "-n", str(examples),
@@ -188,6 +192,8 @@ def main() -> int:
     p.add_argument("--no-fuzz", action="store_true")
     p.add_argument("--index", type=Path, help="use a copy of this existing SQuAD dev index instead of building one")
     args = p.parse_args()
+    if not args.no_fuzz and schemathesis_exe() is None:  # fail before minutes of load, not after
+        p.error("the fuzz run needs schemathesis: .venv/bin/pip install -e '.[bench]' (or pass --no-fuzz)")
 
     index, questions = build_index(args.limit or None, args.index)
     port = free_port()
@@ -208,9 +214,10 @@ def main() -> int:
         one, many = result["ask_1"]["tokens_per_s"], result["ask_n"]["tokens_per_s"]
         result["tokens_per_s_ratio"] = round(many / one, 2) if one else None
         result["target_ratio"] = 2.5
+        result["errors_total"] = sum(result[k]["errors"] for k in ("search", "ask_1", "ask_n"))
+        print(json.dumps(result), file=sys.stderr)  # the load figures, even if the fuzz run fails
         if not args.no_fuzz:
             result["fuzz"] = fuzz(base, args.fuzz_examples, args.fuzz_max_time)
-        result["errors_total"] = sum(result[k]["errors"] for k in ("search", "ask_1", "ask_n"))
     finally:
         proc.terminate()
         try:
