@@ -180,9 +180,12 @@ class Generator:
     def generate(self, prompts: list[list[dict]], adapter=_BASE, **overrides) -> list[Generation]:
         """Answer many chat prompts; results in input order.
 
-        Prompts are sorted by length and run in sub-batches of at most `batch_size` with left
-        padding; a prompt much shorter than its sub-batch's longest (`max_padding`) starts a new
-        one, so padding (wasted compute) stays small. Greedy unless `do_sample=True`.
+        Continuous batching (`generator.batch.DecodeBatch`): each prompt is prefilled alone and
+        joins a decode batch of at most `batch_size` rows; a row leaves as soon as it stops and
+        the next prompt takes its place. Models whose cache cannot be merged that way (prompt-
+        learning adapters, sliding-window caches) run `model.generate` on left-padded
+        sub-batches instead; there a prompt much shorter than its sub-batch's longest
+        (`max_padding`) starts a new one. Greedy unless `do_sample=True`.
         `adapter` picks an adapter for this call (None = base); default: `set_adapter`'s.
         Other keyword arguments override `GenConfig` fields for this call.
         """
@@ -198,18 +201,12 @@ class Generator:
             with self._using(name), torch.inference_mode():
                 if cfg.do_sample and cfg.seed is not None:
                     torch.manual_seed(cfg.seed)
-                split = self._split_prefill_ok(name)
-                # split prefill pads nothing in the prefill, so only batch_size bounds a group
-                padding = 1.0 if split else cfg.max_padding
-                for idx in sub_batches([len(e) for e in encoded], cfg.batch_size, padding):
-                    rows = self._split_generate([encoded[i] for i in idx], cfg) if split else None
-                    if rows is not None:
-                        for (new, reason, first_ms, total_ms), i in zip(rows, idx):
-                            results[i] = Generation(
-                                text=self.tokenizer.decode(new, skip_special_tokens=True),
-                                prompt_tokens=len(encoded[i]), new_tokens=len(new), first_token_ms=first_ms,
-                                generate_ms=total_ms, finish_reason=reason, adapter=name)
-                        continue
+                done = self._continuous(encoded, cfg) if self._split_prefill_ok(name) else None
+                if done is not None:
+                    results = [self._generation(fin, name) for fin in done]
+                    self.last_generation = results[-1]
+                    return results
+                for idx in sub_batches([len(e) for e in encoded], cfg.batch_size, cfg.max_padding):
                     ids, mask = self._batch_tensors([encoded[i] for i in idx])
                     timing = TimingStreamer()
                     out = self.model.generate(input_ids=ids, attention_mask=mask, streamer=timing,
@@ -226,136 +223,75 @@ class Generator:
         return results  # type: ignore[return-value]
 
     def _split_prefill_ok(self, adapter: str | None) -> bool:
-        """Whether `_split_generate` can run: not with prompt-learning adapters (their virtual tokens
-        are added inside peft's own generate), whichever adapter this call uses."""
+        """Whether continuous batching can run: not with prompt-learning adapters (their virtual
+        tokens are added inside peft's own generate), whichever adapter this call uses."""
         configs = getattr(self.model, "peft_config", None) or {}
         return not any(getattr(c, "is_prompt_learning", False) for c in configs.values())
 
-    def _split_generate(self, rows: list[list[int]], cfg: GenConfig) -> list[tuple] | None:
-        """Prefill each prompt alone, then decode all of them as one batch; None = not possible here.
+    def _continuous(self, encoded: list[list[int]], cfg: GenConfig) -> list | None:
+        """All prompts through one `DecodeBatch` of at most `batch_size` rows, refilled as rows stop.
 
-        On a CPU, prefill of RAG prompts dominates and a padded batch prefill computes the padding
-        too (and takes the masked, slower attention path), while decoding one token costs about the
-        same for 1 row as for 16 (it is bound by reading the weights). So: every prompt is
-        prefilled unpadded (batch 1), the per-prompt KV caches are left-padded into one batched
-        cache, and the decode steps run batched, rows leaving the batch as soon as they stop.
-        Greedy results equal per-prompt greedy decoding up to float rounding.
-        Returns (new ids, finish reason, first-token ms, total ms) per row, in input order.
+        Longest prompts join first (later, shorter ones join without widening the cache).
+        Returns `Finished` rows in input order; None = this model's cache needs `model.generate`.
+        """
+        from generator.batch import DecodeBatch, Unsupported
+
+        order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i]))
+        batch = DecodeBatch(self.model, self.stop_ids, cfg, self.pad_id)
+        done: list = [None] * len(encoded)
+        try:
+            while order or len(batch):
+                while order and len(batch) < cfg.batch_size:
+                    i = order.pop(0)
+                    batch.add(encoded[i], tag=i)
+                for fin in batch.step():
+                    done[fin.tag] = fin
+        except Unsupported:
+            return None
+        return done
+
+    def serve(self, take, deliver, adapter: str | None = None, **overrides) -> None:
+        """Continuous batching for a server: decode until `take` has nothing more and the batch is empty.
+
+        `take(free_slots, idle)` returns a list of `(messages, max_new_tokens, tag)` to admit now
+        (`idle`: no row is decoding, so returning [] ends the call); `deliver(tag, generation)`
+        receives each finished answer, or `deliver(tag, exception)` if its prompt failed. New
+        prompts join between decode steps, without waiting for the running ones to finish.
+        Raises `generator.batch.Unsupported` (before any row ran) when the model needs
+        `model.generate` (prompt-learning adapters, sliding-window caches): use `generate` then.
         """
         import torch
 
-        model, device = self.model, self.model.device
-        start = time.perf_counter()
-        n, lengths = len(rows), [len(r) for r in rows]
-        width = max(lengths)
-        processors = self._logits_processors(cfg)
-        kv: list[tuple] = []  # per layer: batched (keys, values), left-padded to `width`
-        first = torch.empty(n, dtype=torch.long, device=device)
-        first_ms = [0.0] * n
-        for i, r in enumerate(rows):
-            ids = torch.tensor([r], dtype=torch.long, device=device)
-            out = model(input_ids=ids, use_cache=True, logits_to_keep=1)
-            cache = out.cache if getattr(out, "cache", None) is not None else out.past_key_values
-            layers = getattr(cache, "layers", None)
-            if i == 0 and (not layers or any(type(layer).__name__ != "DynamicLayer" for layer in layers)):
-                return None  # sliding-window / hybrid caches: let model.generate handle them
-            for li, layer in enumerate(layers):
-                if i == 0:
-                    shape = list(layer.keys.shape)
-                    shape[0], shape[-2] = n, width
-                    kv.append((layer.keys.new_zeros(shape), layer.values.new_zeros(shape)))
-                kv[li][0][i, :, width - len(r):] = layer.keys[0]
-                kv[li][1][i, :, width - len(r):] = layer.values[0]
-            first[i] = self._next_tokens(out.logits[:, -1, :], ids, processors, cfg)[0]
-            first_ms[i] = (time.perf_counter() - start) * 1000
-            del out, cache, layers
-        from transformers import DynamicCache
+        from generator.batch import DecodeBatch, Unsupported
 
-        cache = DynamicCache(ddp_cache_data=kv)
-        del kv
-        limit = cfg.max_new_tokens
-        mask = torch.zeros((n, width + limit), dtype=torch.long, device=device)
-        for i, length in enumerate(lengths):
-            mask[i, width - length:width] = 1
-        history = None
-        if processors:  # repetition penalty needs each row's prompt and answer so far
-            history = torch.full((n, width + limit), self.pad_id, dtype=torch.long, device=device)
-            for i, r in enumerate(rows):
-                history[i, width - len(r):width] = torch.tensor(r, dtype=torch.long, device=device)
-        position = torch.tensor(lengths, dtype=torch.long, device=device)
-        active = list(range(n))
-        new: list[list[int]] = [[] for _ in range(n)]
-        done: list[tuple | None] = [None] * n
-        token, step, cache_key = first, 0, self._cache_kwarg
-        while True:
-            keep = []
-            for j, i in enumerate(active):
-                t = int(token[j])
-                if t in self.stop_ids:
-                    done[i] = ("stop", time.perf_counter())
-                    continue
-                new[i].append(t)
-                if len(new[i]) >= limit:
-                    done[i] = ("length", time.perf_counter())
-                    continue
-                keep.append(j)
-            if not keep:
-                break
-            if len(keep) < len(active):  # finished rows leave the batch: later steps are cheaper
-                sel = torch.tensor(keep, dtype=torch.long, device=device)
-                cache.batch_select_indices(sel)
-                mask, position, token = mask[sel], position[sel], token[sel]
-                history = history[sel] if history is not None else None
-                active = [active[j] for j in keep]
-            col = width + step
-            mask[:, col] = 1
-            if history is not None:
-                history[:, col] = token
-            out = model(input_ids=token[:, None], attention_mask=mask[:, :col + 1], position_ids=position[:, None],
-                        use_cache=True, **{cache_key: cache})
-            position += 1
-            step += 1
-            token = self._next_tokens(out.logits[:, -1, :], history[:, :col + 1] if history is not None else None,
-                                      processors, cfg)
-            del out
-        return [(new[i], done[i][0], first_ms[i], (done[i][1] - start) * 1000) for i in range(n)]
+        cfg = self.config.replace(**overrides)
+        if not self._split_prefill_ok(adapter):
+            raise Unsupported("prompt-learning adapters are loaded")
+        with self._lock:
+            with self._using(adapter), torch.inference_mode():
+                batch = DecodeBatch(self.model, self.stop_ids, cfg, self.pad_id)
+                while True:
+                    jobs = list(take(cfg.batch_size - len(batch), not len(batch)))
+                    for messages, max_new, tag in jobs:
+                        try:
+                            GenConfig(max_new_tokens=max_new)  # validated like any request
+                            batch.add(self.encode(messages), tag=tag, max_new_tokens=max_new)
+                        except Unsupported:
+                            raise
+                        except Exception as err:  # noqa: BLE001 - this prompt fails, the others go on
+                            deliver(tag, err)
+                    if not len(batch):
+                        if jobs:  # every admitted prompt failed: ask again
+                            continue
+                        return
+                    for fin in batch.step():
+                        self.last_generation = gen = self._generation(fin, adapter)
+                        deliver(fin.tag, gen)
 
-    @property
-    def _cache_kwarg(self) -> str:
-        """transformers >= 5.24 names the forward's cache argument `cache` (before: `past_key_values`)."""
-        import inspect
-
-        base = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
-        return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
-
-    def _logits_processors(self, cfg: GenConfig):
-        from transformers.generation.logits_process import (LogitsProcessorList, RepetitionPenaltyLogitsProcessor,
-                                                            TemperatureLogitsWarper, TopKLogitsWarper,
-                                                            TopPLogitsWarper)
-
-        procs = LogitsProcessorList()
-        if cfg.repetition_penalty != 1.0:
-            procs.append(RepetitionPenaltyLogitsProcessor(cfg.repetition_penalty))
-        if cfg.do_sample:
-            if cfg.temperature != 1.0:
-                procs.append(TemperatureLogitsWarper(cfg.temperature))
-            if cfg.top_k:
-                procs.append(TopKLogitsWarper(cfg.top_k))
-            if cfg.top_p < 1.0:
-                procs.append(TopPLogitsWarper(cfg.top_p))
-        return procs
-
-    @staticmethod
-    def _next_tokens(logits, history, processors, cfg: GenConfig):
-        """Next token per row: greedy, or sampled from the processed distribution."""
-        import torch
-
-        scores = logits.float()
-        if processors:
-            scores = processors(history, scores)
-        if cfg.do_sample:
-            return torch.multinomial(torch.softmax(scores, dim=-1), 1)[:, 0]
-        return scores.argmax(dim=-1)
+    def _generation(self, fin, adapter: str | None) -> Generation:
+        return Generation(text=self.tokenizer.decode(fin.ids, skip_special_tokens=True),
+                          prompt_tokens=fin.prompt_tokens, new_tokens=len(fin.ids), first_token_ms=fin.first_token_ms,
+                          generate_ms=fin.total_ms, finish_reason=fin.reason, adapter=adapter)
 
     def stream(self, messages: list[dict], adapter=_BASE, **overrides) -> TextStream:
         """Generate one answer, yielding text pieces as they are produced.

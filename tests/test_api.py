@@ -517,13 +517,17 @@ def test_full_queue_answers_503_with_retry_after(world, models_dir):
 
     st = load_state(make_config(world, queue_size=1, max_batch=1, batch_wait_ms=0), Settings.from_env())
     gate = threading.Event()
-    real_generate = st.generator.generate
+    real_generate, real_serve = st.generator.generate, st.generator.serve
 
     def gated(*args, **kwargs):
         assert gate.wait(30)
         return real_generate(*args, **kwargs)
 
-    st.generator.generate = gated
+    def gated_serve(*args, **kwargs):  # the continuous-batching path the batcher takes
+        assert gate.wait(30)
+        return real_serve(*args, **kwargs)
+
+    st.generator.generate, st.generator.serve = gated, gated_serve
     try:
         with TestClient(create_app(st.config, state=st)) as c:
             ask = {"question": "bread", "retriever": "bm25", "max_new_tokens": 2}

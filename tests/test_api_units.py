@@ -244,3 +244,66 @@ def test_serve_command_rejects_bad_arguments_in_one_line(tmp_path, capsys):
     assert "loopback" in capsys.readouterr().err
     assert main(["serve", "--no-generator"]) == 1
     assert "nothing to serve" in capsys.readouterr().err
+
+
+class ContinuousGenerator(RecordingGenerator):
+    """A `serve` loop like generator.Generator.serve: one decode step per `step_s`, each job
+    needing `max_new_tokens` steps; records which jobs were decoding at every step."""
+
+    def __init__(self, step_s: float = 0.02) -> None:
+        super().__init__()
+        self.step_s, self.steps = step_s, []
+
+    def serve(self, take, deliver, adapter=None, batch_size=8):
+        rows: dict = {}
+        while True:
+            for messages, max_new, tag in take(batch_size - len(rows), not rows):
+                rows[tag] = [messages[-1]["content"], max_new]
+            if not rows:
+                return
+            self.gate.wait(10)
+            time.sleep(self.step_s)
+            self.steps.append(sorted(r[0] for r in rows.values()))
+            for tag, row in list(rows.items()):
+                row[1] -= 1
+                if row[1] == 0:
+                    del rows[tag]
+                    deliver(tag, SimpleNamespace(text=f"echo {row[0]}", prompt_tokens=3, new_tokens=2,
+                                                 first_token_ms=1.0, generate_ms=1.0, adapter=adapter))
+
+
+def test_requests_join_a_running_batch_between_decode_steps():
+    gen = ContinuousGenerator()
+    b = Batcher(gen, max_batch=4, wait_ms=0, queue_size=32).start()
+    try:
+        long = b.submit(GenJob(_msg("long"), 30))
+        time.sleep(0.1)  # "long" is decoding
+        short = [b.submit(GenJob(_msg(f"s{i}"), 3)) for i in range(5)]
+        other = b.submit(GenJob(_msg("other"), 3, adapter="a"))  # another adapter: waits its turn
+        late = b.submit(GenJob(_msg("late"), 3))  # behind "other" in the queue: FIFO keeps it there
+        assert [f.result(10).text for f in short] == [f"echo s{i}" for i in range(5)]
+        assert long.result(10).text == "echo long" and other.result(10).text == "echo other"
+        assert late.result(10).text == "echo late"
+    finally:
+        b.stop()
+    joined = [s for s in gen.steps if "long" in s and len(s) > 1]
+    assert joined and max(len(s) for s in gen.steps) == 4  # they decoded beside "long", at most max_batch rows
+    assert gen.calls == []  # no per-batch generate call: all of it went through serve
+    both = [s for s in gen.steps if "other" in s and ("long" in s or any(x.startswith("s") for x in s))]
+    assert not both  # another adapter never shares a batch
+
+
+def test_error_in_serve_reaches_every_decoding_request():
+    class Broken(ContinuousGenerator):
+        def serve(self, take, deliver, adapter=None, batch_size=8):
+            take(batch_size, True)
+            raise RuntimeError("boom")
+
+    b = Batcher(Broken(), max_batch=4, wait_ms=50).start()
+    try:
+        futs = [b.submit(GenJob(_msg(str(i)), 8)) for i in range(3)]
+        for f in futs:
+            with pytest.raises(RuntimeError, match="boom"):
+                f.result(10)
+    finally:
+        b.stop()

@@ -201,6 +201,37 @@ def test_rows_leave_the_batch_when_they_stop(gen):
             assert out[i].text == gen.generate([p], max_new_tokens=10)[0].text
 
 
+def test_rows_join_a_running_batch(gen):
+    """batch_size 2 for 4 prompts: later prompts join as rows stop; answers are unchanged."""
+    expected = [gen.generate([p], max_new_tokens=10)[0].text for p in PROMPTS]
+    assert [g.text for g in gen.generate(PROMPTS, batch_size=2, max_new_tokens=10)] == expected
+
+
+def test_serve_admits_longer_prompts_between_steps(gen):
+    """The server loop: prompts arrive one per step, shortest first (each join widens the cache)."""
+    by_length = sorted(range(len(PROMPTS)), key=lambda i: len(gen.encode(PROMPTS[i])))
+    waiting = [(PROMPTS[i], 6 + i, i) for i in by_length]
+    got, calls = {}, []
+
+    def take(free, idle):
+        calls.append((free, idle))
+        return [waiting.pop(0)] if waiting and free else []
+
+    gen.serve(take, lambda tag, g: got.setdefault(tag, g))
+    assert sorted(got) == list(range(len(PROMPTS)))
+    for i, p in enumerate(PROMPTS):
+        ref = gen.generate([p], max_new_tokens=6 + i)[0]
+        assert (got[i].text, got[i].new_tokens, got[i].finish_reason) == (ref.text, ref.new_tokens, ref.finish_reason)
+    assert calls[-1][1]  # it ended when idle and nothing was left
+
+
+def test_serve_reports_a_bad_prompt_and_goes_on(gen):
+    waiting = [([{"role": "user"}], 5, "bad"), (PROMPTS[0], 5, "good")]
+    got = {}
+    gen.serve(lambda free, idle: [waiting.pop(0)] if waiting else [], lambda tag, g: got.setdefault(tag, g))
+    assert isinstance(got["bad"], ValueError) and got["good"].text == gen.generate([PROMPTS[0]], max_new_tokens=5)[0].text
+
+
 def test_stops_at_end_of_turn(gen):
     im_end = gen.tokenizer.convert_tokens_to_ids("<|im_end|>")
     with LogitBias(gen.model, [im_end], 1e4, after=4):

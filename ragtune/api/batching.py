@@ -2,8 +2,11 @@
 
 Requests wait in a bounded FIFO; the worker takes the oldest, lets more join for a
 short window (longer while other requests are still being retrieved for, see
-`expect()`), and runs compatible ones (same adapter and `max_new_tokens`) as ONE
-`Generator.generate` call. Streaming requests run alone, piece by piece. A full queue
+`expect()`), and runs compatible ones (same adapter) together: with a real
+`generator.Generator`, by continuous batching (`Generator.serve`: requests that arrive
+while others decode join between two decode steps); with a generator that only has
+`generate`, as ONE call per batch of the same adapter and `max_new_tokens`. Streaming
+requests run alone, piece by piece. A full queue
 raises `QueueFull` (the API answers 503 with Retry-After) instead of piling work on
 2 cores. Only the worker touches the generator, so adapter switches never race.
 """
@@ -183,6 +186,8 @@ class Batcher:
                     self.select_adapter(batch[0].adapter)
                 if batch[0].stream:
                     self._run_stream(batch[0])
+                elif self._serve(batch):
+                    pass
                 else:
                     gens = self.generator.generate([j.messages for j in batch], adapter=batch[0].adapter,
                                                    max_new_tokens=batch[0].max_new_tokens)
@@ -193,6 +198,63 @@ class Batcher:
                 for job in batch:
                     if not job.future.done():
                         job.future.set_exception(err)
+
+    def _serve(self, batch: list[GenJob]) -> bool:
+        """Continuous batching through `generator.serve` (when it has one): the batch starts
+        decoding and waiting jobs with the same adapter join between decode steps, whatever
+        their max_new_tokens, until the queue's head is a job it cannot take (a stream, another
+        adapter: FIFO order is kept) and the running rows have finished. False = not available."""
+        serve = getattr(self.generator, "serve", None)
+        if serve is None:
+            return False
+        from generator.batch import Unsupported
+
+        adapter = batch[0].adapter
+        taken = list(batch)
+        flying: set[int] = set()
+        jobs: dict[int, GenJob] = {}
+
+        def take(free: int, idle: bool) -> list:
+            out = []
+            while taken and len(out) < free:
+                out.append(taken.pop(0))
+            with self._cv:
+                while self._q and len(out) < free and not self._stop:
+                    job = self._q[0]
+                    if job.stream or job.adapter != adapter:
+                        break
+                    self._q.popleft()
+                    if job.cancelled.is_set() or not job.future.set_running_or_notify_cancel():
+                        continue
+                    out.append(job)
+                    self.stats.requests += 1
+            for job in out:
+                flying.add(id(job))
+                jobs[id(job)] = job
+            self.stats.largest_batch = max(self.stats.largest_batch, len(flying))
+            return [(j.messages, j.max_new_tokens, id(j)) for j in out]
+
+        def deliver(tag: int, result) -> None:
+            flying.discard(tag)
+            job = jobs.pop(tag)
+            if isinstance(result, BaseException):
+                job.future.set_exception(result)
+            else:
+                job.future.set_result(result)
+
+        try:
+            serve(take, deliver, adapter=adapter, batch_size=self.max_batch)
+        except Unsupported:
+            if flying:  # pragma: no cover - raised before any row is admitted
+                raise
+            return False
+        except BaseException as err:
+            for tag in list(flying):  # the rows that were decoding hear about it too
+                job = jobs.pop(tag)
+                if not job.future.done():
+                    job.future.set_exception(err)
+            raise
+        return True
 
     def _run_stream(self, job: GenJob) -> None:
         pieces = self.generator.stream(job.messages, adapter=job.adapter, max_new_tokens=job.max_new_tokens)
