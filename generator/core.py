@@ -55,6 +55,9 @@ class Generator:
         self.name = name or getattr(model, NAME_ATTR, "") or getattr(model.config, "_name_or_path", "")
         self.fingerprint = fingerprint or getattr(model, FINGERPRINT_ATTR, None)
         self.stop_ids = end_of_turn_ids(tokenizer, model)
+        head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+        if head is not None:
+            head.register_forward_pre_hook(canonical_strides)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.stop_ids[0]
         self.last_generation: Generation | None = None
         self._lock = threading.Lock()
@@ -352,6 +355,21 @@ class Generator:
             new_tokens=len(new), first_token_ms=streamer.timing.first_token_ms,
             generate_ms=elapsed, finish_reason=reason, adapter=out["adapter"])
         self.last_generation = stream.generation
+
+
+def canonical_strides(module, args):
+    """Forward pre-hook for the vocabulary head: give its input the strides of a fresh tensor.
+
+    With `logits_to_keep=1` the head gets `hidden[:, -1:, :]`, a [B, 1, H] view with the
+    strides of the whole prompt. On torch 2.13 CPU a bf16 linear whose weight is frozen
+    (requires_grad=False, as peft leaves the base after loading an adapter) takes a slow path
+    for such a view: 630 ms instead of 17 ms for Qwen2.5-0.5B's head (measured here), i.e.
+    +0.6 s per prompt. `view` recomputes the strides without copying.
+    """
+    x = args[0] if args else None
+    if x is None or not hasattr(x, "is_contiguous") or not x.is_contiguous():
+        return None
+    return (x.view(x.shape), *args[1:])
 
 
 def sub_batches(lengths: list[int], batch_size: int, max_padding: float) -> list[list[int]]:
