@@ -76,6 +76,19 @@ class Unsupported(Exception):
     """The model's cache is not a plain per-layer KV cache (sliding window, hybrid...): use model.generate."""
 
 
+def supports(model) -> bool:
+    """Whether the model's KV cache is plain per-layer keys/values (no sliding window, no hybrid
+    layers), known from its config without running it."""
+    from transformers import DynamicCache
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    try:
+        layers = DynamicCache(config=base.config).layers
+    except Exception:  # noqa: BLE001 - an unusual config: let add() decide on the real cache
+        return True
+    return all(type(layer).__name__ == "DynamicLayer" for layer in layers)
+
+
 class DecodeBatch:
     """A batch of rows decoding together. Not thread-safe: one worker drives it.
 

@@ -204,7 +204,7 @@ class Generator:
             with self._using(name), torch.inference_mode():
                 if cfg.do_sample and cfg.seed is not None:
                     torch.manual_seed(cfg.seed)
-                done = self._continuous(encoded, cfg) if self._split_prefill_ok(name) else None
+                done = self._continuous(encoded, cfg) if self._can_batch_continuously() else None
                 if done is not None:
                     results = [self._generation(fin, name) for fin in done]
                     self.last_generation = results[-1]
@@ -225,30 +225,62 @@ class Generator:
         self.last_generation = results[-1]
         return results  # type: ignore[return-value]
 
-    def _split_prefill_ok(self, adapter: str | None) -> bool:
-        """Whether continuous batching can run: not with prompt-learning adapters (their virtual
-        tokens are added inside peft's own generate), whichever adapter this call uses."""
+    def _can_batch_continuously(self) -> bool:
+        """Whether `generator.batch.DecodeBatch` can run this model: not with prompt-learning
+        adapters loaded (peft adds their virtual tokens inside its own generate), not with
+        sliding-window / hybrid caches."""
+        from generator.batch import supports
+
         configs = getattr(self.model, "peft_config", None) or {}
-        return not any(getattr(c, "is_prompt_learning", False) for c in configs.values())
+        if any(getattr(c, "is_prompt_learning", False) for c in configs.values()):
+            return False
+        return supports(self.model)
 
-    def _continuous(self, encoded: list[list[int]], cfg: GenConfig) -> list | None:
-        """All prompts through one `DecodeBatch` of at most `batch_size` rows, refilled as rows stop.
+    def _decode(self, cfg: GenConfig, take, finished, on_error=None) -> None:
+        """Drive one `DecodeBatch` of at most `cfg.batch_size` rows until `take` is empty and no row runs.
 
-        Longest prompts join first (later, shorter ones join without widening the cache).
-        Returns `Finished` rows in input order; None = this model's cache needs `model.generate`.
+        `take(free, idle)` -> [(prompt ids, max_new_tokens or None, tag)] to admit before the next
+        step; `finished(Finished)` gets each row that stopped; `on_error(tag, err)` gets a prompt
+        whose prefill failed (None: the error propagates). Caller holds the lock.
         """
         from generator.batch import DecodeBatch, Unsupported
 
-        order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i]))
         batch = DecodeBatch(self.model, self.stop_ids, cfg, self.pad_id)
+        while True:
+            jobs = list(take(cfg.batch_size - len(batch), not len(batch)))
+            for ids, max_new, tag in jobs:
+                try:
+                    batch.add(ids, tag=tag, max_new_tokens=max_new)
+                except Unsupported:
+                    raise
+                except Exception as err:  # noqa: BLE001 - this prompt fails, the others go on
+                    if on_error is None:
+                        raise
+                    on_error(tag, err)
+            if not len(batch):
+                if jobs:  # every admitted prompt failed: ask again
+                    continue
+                return
+            for fin in batch.step():
+                finished(fin)
+
+    def _continuous(self, encoded: list[list[int]], cfg: GenConfig) -> list | None:
+        """All prompts through `_decode`, longest first (shorter ones then join without widening
+        the cache). `Finished` rows in input order; None = this model's cache needs `model.generate`."""
+        from generator.batch import Unsupported
+
+        order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i]))
         done: list = [None] * len(encoded)
+
+        def take(free: int, idle: bool) -> list:
+            picked, order[:] = order[:free], order[free:]
+            return [(encoded[i], None, i) for i in picked]
+
+        def finished(fin) -> None:
+            done[fin.tag] = fin
+
         try:
-            while order or len(batch):
-                while order and len(batch) < cfg.batch_size:
-                    i = order.pop(0)
-                    batch.add(encoded[i], tag=i)
-                for fin in batch.step():
-                    done[fin.tag] = fin
+            self._decode(cfg, take, finished)
         except Unsupported:
             return None
         return done
@@ -260,36 +292,36 @@ class Generator:
         (`idle`: no row is decoding, so returning [] ends the call); `deliver(tag, generation)`
         receives each finished answer, or `deliver(tag, exception)` if its prompt failed. New
         prompts join between decode steps, without waiting for the running ones to finish.
-        Raises `generator.batch.Unsupported` (before any row ran) when the model needs
+        Raises `generator.batch.Unsupported` before calling `take` when the model needs
         `model.generate` (prompt-learning adapters, sliding-window caches): use `generate` then.
         """
         import torch
 
-        from generator.batch import DecodeBatch, Unsupported
+        from generator.batch import Unsupported
 
         cfg = self.config.replace(**overrides)
-        if not self._split_prefill_ok(adapter):
-            raise Unsupported("prompt-learning adapters are loaded")
+        if not self._can_batch_continuously():
+            raise Unsupported("this model or its adapters need model.generate")
+
+        def admit(free: int, idle: bool) -> list:
+            while True:  # until a prompt is valid or `take` has none left
+                jobs, ok = list(take(free, idle)), []
+                for messages, max_new, tag in jobs:
+                    try:
+                        GenConfig(max_new_tokens=max_new)  # validated like any request
+                        ok.append((self.encode(messages), max_new, tag))
+                    except Exception as err:  # noqa: BLE001 - this prompt fails, the others go on
+                        deliver(tag, err)
+                if ok or not jobs:
+                    return ok
+
+        def finished(fin) -> None:
+            self.last_generation = gen = self._generation(fin, adapter)
+            deliver(fin.tag, gen)
+
         with self._lock:
             with self._using(adapter), torch.inference_mode():
-                batch = DecodeBatch(self.model, self.stop_ids, cfg, self.pad_id)
-                while True:
-                    jobs = list(take(cfg.batch_size - len(batch), not len(batch)))
-                    for messages, max_new, tag in jobs:
-                        try:
-                            GenConfig(max_new_tokens=max_new)  # validated like any request
-                            batch.add(self.encode(messages), tag=tag, max_new_tokens=max_new)
-                        except Unsupported:
-                            raise
-                        except Exception as err:  # noqa: BLE001 - this prompt fails, the others go on
-                            deliver(tag, err)
-                    if not len(batch):
-                        if jobs:  # every admitted prompt failed: ask again
-                            continue
-                        return
-                    for fin in batch.step():
-                        self.last_generation = gen = self._generation(fin, adapter)
-                        deliver(fin.tag, gen)
+                self._decode(cfg, admit, finished, on_error=deliver)
 
     def _generation(self, fin, adapter: str | None) -> Generation:
         return Generation(text=self.tokenizer.decode(fin.ids, skip_special_tokens=True),

@@ -132,21 +132,6 @@ def test_queue_full_raises_and_nothing_is_lost():
     assert b.stats.rejected == 2
 
 
-def test_generation_error_reaches_every_waiting_request():
-    class Broken(RecordingGenerator):
-        def generate(self, prompts, adapter=None, max_new_tokens=8):
-            raise RuntimeError("boom")
-
-    b = Batcher(Broken(), max_batch=4, wait_ms=10).start()
-    try:
-        futs = [b.submit(GenJob(_msg(str(i)), 8)) for i in range(3)]
-        for f in futs:
-            with pytest.raises(RuntimeError, match="boom"):
-                f.result(10)
-    finally:
-        b.stop()
-
-
 def test_stream_job_delivers_pieces_then_generation():
     pieces: list[str] = []
     b = Batcher(RecordingGenerator(), max_batch=4, wait_ms=0).start()
@@ -293,13 +278,21 @@ def test_requests_join_a_running_batch_between_decode_steps():
     assert not both  # another adapter never shares a batch
 
 
-def test_error_in_serve_reaches_every_decoding_request():
-    class Broken(ContinuousGenerator):
-        def serve(self, take, deliver, adapter=None, batch_size=8):
-            take(batch_size, True)
-            raise RuntimeError("boom")
+class BrokenGenerate(RecordingGenerator):
+    def generate(self, prompts, adapter=None, max_new_tokens=8):
+        raise RuntimeError("boom")
 
-    b = Batcher(Broken(), max_batch=4, wait_ms=50).start()
+
+class BrokenServe(ContinuousGenerator):
+    def serve(self, take, deliver, adapter=None, batch_size=8):
+        take(batch_size, True)
+        raise RuntimeError("boom")
+
+
+@pytest.mark.parametrize("broken, wait_ms", [(BrokenGenerate, 10), (BrokenServe, 50)])
+def test_generation_error_reaches_every_waiting_request(broken, wait_ms):
+    """A failing generate call (per batch) or serve loop (requests decoding) fails every request in it."""
+    b = Batcher(broken(), max_batch=4, wait_ms=wait_ms).start()
     try:
         futs = [b.submit(GenJob(_msg(str(i)), 8)) for i in range(3)]
         for f in futs:

@@ -250,6 +250,35 @@ def test_vocabulary_head_gets_canonical_strides(tiny_dir):
         assert stride[0] == shape[1] * shape[2], (shape, stride)
 
 
+def test_sliding_window_models_use_model_generate(tiny_dir):
+    """A sliding-window cache cannot be merged row by row: generate falls back to model.generate
+    (same greedy answers), serve refuses before taking any request (the API then uses generate)."""
+    from transformers import AutoTokenizer, MistralConfig, MistralForCausalLM
+
+    from generator.batch import Unsupported, supports
+
+    tokenizer = AutoTokenizer.from_pretrained(str(tiny_dir))
+    torch.manual_seed(0)
+    model = MistralForCausalLM(MistralConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128,
+                                             num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                                             sliding_window=16, bos_token_id=1, eos_token_id=2, pad_token_id=2,
+                                             initializer_range=0.2)).eval()
+    g = Generator(model, tokenizer, GenConfig(max_new_tokens=6))
+    assert not supports(model)
+    assert supports(load_generator(str(tiny_dir), dtype="fp32")[0])  # the plain Llama cache
+    got = g.generate(PROMPTS[:2])
+    with torch.inference_mode():
+        for p, out in zip(PROMPTS[:2], got):
+            ids = torch.tensor([g.encode(p)])
+            ref = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=6, do_sample=False,
+                                 eos_token_id=g.stop_ids, pad_token_id=g.pad_id)
+            assert out.text == tokenizer.decode(g._finish(ref[0, ids.shape[1]:].tolist())[0], skip_special_tokens=True)
+    taken = []
+    with pytest.raises(Unsupported):
+        g.serve(lambda free, idle: taken.append(1) or [], lambda tag, x: None)
+    assert not taken
+
+
 def test_stops_at_end_of_turn(gen):
     im_end = gen.tokenizer.convert_tokens_to_ids("<|im_end|>")
     with LogitBias(gen.model, [im_end], 1e4, after=4):

@@ -186,9 +186,7 @@ class Batcher:
                     self.select_adapter(batch[0].adapter)
                 if batch[0].stream:
                     self._run_stream(batch[0])
-                elif self._serve(batch):
-                    pass
-                else:
+                elif not self._serve(batch):
                     gens = self.generator.generate([j.messages for j in batch], adapter=batch[0].adapter,
                                                    max_new_tokens=batch[0].max_new_tokens)
                     for job, gen in zip(batch, gens):
@@ -211,8 +209,7 @@ class Batcher:
 
         adapter = batch[0].adapter
         taken = list(batch)
-        flying: set[int] = set()
-        jobs: dict[int, GenJob] = {}
+        flying: dict[int, GenJob] = {}  # admitted, not delivered yet
 
         def take(free: int, idle: bool) -> list:
             out = []
@@ -228,15 +225,12 @@ class Batcher:
                         continue
                     out.append(job)
                     self.stats.requests += 1
-            for job in out:
-                flying.add(id(job))
-                jobs[id(job)] = job
+            flying.update((id(job), job) for job in out)
             self.stats.largest_batch = max(self.stats.largest_batch, len(flying))
             return [(j.messages, j.max_new_tokens, id(j)) for j in out]
 
         def deliver(tag: int, result) -> None:
-            flying.discard(tag)
-            job = jobs.pop(tag)
+            job = flying.pop(tag)
             if isinstance(result, BaseException):
                 job.future.set_exception(result)
             else:
@@ -245,12 +239,11 @@ class Batcher:
         try:
             serve(take, deliver, adapter=adapter, batch_size=self.max_batch)
         except Unsupported:
-            if flying:  # pragma: no cover - raised before any row is admitted
+            if flying:  # Generator.serve raises it before taking any job; anything else is a bug
                 raise
             return False
         except BaseException as err:
-            for tag in list(flying):  # the rows that were decoding hear about it too
-                job = jobs.pop(tag)
+            for job in flying.values():  # the rows that were decoding hear about it too
                 if not job.future.done():
                     job.future.set_exception(err)
             raise
