@@ -36,6 +36,9 @@ class Finished:
     """From the row's admission (its prefill started) to its first token."""
     total_ms: float
     """From the row's admission to its last token."""
+    logprob: float = 0.0
+    """Sum of the log-probabilities of the chosen tokens, the stop token included (what the model
+    gives this whole answer; from the distribution the token was chosen from)."""
 
 
 @dataclass
@@ -46,6 +49,7 @@ class _Row:
     started: float
     first_ms: float = 0.0
     new: list[int] = field(default_factory=list)
+    logprob: float = 0.0
 
 
 def cache_kwarg(model) -> str:
@@ -110,6 +114,7 @@ class DecodeBatch:
         self.mask = None  # [rows, width]: 1 where the cache holds a real token
         self.position = None  # [rows]: position id of each row's next token
         self.token = None  # [rows]: each row's chosen, not yet recorded, next token
+        self.token_logprob = None  # [rows]: its log-probability
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -133,14 +138,14 @@ class DecodeBatch:
         layers = getattr(cache, "layers", None)
         if not layers or any(type(layer).__name__ != "DynamicLayer" for layer in layers):
             raise Unsupported(f"cache layers {sorted({type(x).__name__ for x in layers or []})} are not plain KV")
-        first = self._choose(out.logits[:, -1, :], ids)
+        first, first_lp = self._choose(out.logits[:, -1, :], ids)
         row.first_ms = (time.perf_counter() - row.started) * 1000
         length = len(prompt)
         ones = torch.ones((1, length), dtype=torch.long, device=self.device)
         if self.cache is None:
             self.cache, self.mask = cache, ones
             self.position = torch.tensor([length], dtype=torch.long, device=self.device)
-            self.token = first
+            self.token, self.token_logprob = first, first_lp
         else:
             width = max(self.width, length)
             self._left_pad_batch(width)
@@ -150,6 +155,7 @@ class DecodeBatch:
             self.mask = torch.cat([self.mask, _left_pad(ones, width, dim=1)], 0)
             self.position = torch.cat([self.position, self.position.new_tensor([length])])
             self.token = torch.cat([self.token, first])
+            self.token_logprob = torch.cat([self.token_logprob, first_lp])
         self.rows.append(row)
 
     def _left_pad_batch(self, width: int) -> None:
@@ -167,8 +173,10 @@ class DecodeBatch:
 
         now = time.perf_counter()
         keep, finished = [], []
+        logprobs = self.token_logprob.tolist()
         for j, row in enumerate(self.rows):
             t = int(self.token[j])
+            row.logprob += logprobs[j]
             reason = None
             if t in self.stop_ids:
                 reason = "stop"
@@ -178,7 +186,7 @@ class DecodeBatch:
                     reason = "length"
             if reason:
                 finished.append(Finished(row.tag, row.new, reason, len(row.prompt), row.first_ms,
-                                         (now - row.started) * 1000))
+                                         (now - row.started) * 1000, row.logprob))
             else:
                 keep.append(j)
         if len(keep) < len(self.rows):
@@ -190,7 +198,8 @@ class DecodeBatch:
         out = self.model(input_ids=self.token[:, None], attention_mask=self.mask, position_ids=self.position[:, None],
                          use_cache=True, **{self._cache_key: self.cache})
         self.position = self.position + 1
-        self.token = self._choose(out.logits[:, -1, :], self._history() if self.processors else None)
+        self.token, self.token_logprob = self._choose(out.logits[:, -1, :],
+                                                      self._history() if self.processors else None)
         return finished
 
     def _select(self, keep: list[int]) -> None:
@@ -198,11 +207,12 @@ class DecodeBatch:
 
         self.rows = [self.rows[j] for j in keep]
         if not keep:
-            self.cache = self.mask = self.position = self.token = None
+            self.cache = self.mask = self.position = self.token = self.token_logprob = None
             return
         sel = torch.tensor(keep, dtype=torch.long, device=self.device)
         self.cache.batch_select_indices(sel)
         self.mask, self.position, self.token = self.mask[sel], self.position[sel], self.token[sel]
+        self.token_logprob = self.token_logprob[sel]
         lead = int((self.mask.cumsum(1) == 0).sum(1).min())  # columns that are padding in every row left
         if lead:
             for layer in self.cache.layers:
@@ -218,14 +228,18 @@ class DecodeBatch:
         return torch.tensor([[self.pad_id] * (width - len(s)) + s for s in seqs], dtype=torch.long, device=self.device)
 
     def _choose(self, logits, history):
+        """Next token of every row and its log-probability under the (processed) distribution."""
         import torch
 
         scores = logits.float()
         if self.processors:
             scores = self.processors(history, scores)
+        logp = torch.log_softmax(scores, dim=-1)
         if self.cfg.do_sample:
-            return torch.multinomial(torch.softmax(scores, dim=-1), 1)[:, 0]
-        return scores.argmax(dim=-1)
+            token = torch.multinomial(torch.softmax(scores, dim=-1), 1)[:, 0]
+        else:
+            token = scores.argmax(dim=-1)
+        return token, logp.gather(1, token[:, None])[:, 0]
 
 
 def _left_pad(t, width: int, dim: int = -2):

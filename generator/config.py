@@ -77,6 +77,9 @@ class Generation:
     """`"stop"` (end-of-turn token) or `"length"` (hit max_new_tokens)."""
     adapter: str | None = None
     """The adapter active for this generation (None = base model)."""
+    logprob: float | None = None
+    """Sum of the chosen tokens' log-probabilities, end-of-turn token included (the model's
+    confidence in the whole answer); None when `model.generate` produced it (fallback path)."""
 
     @property
     def tokens_per_s(self) -> float:

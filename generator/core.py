@@ -326,7 +326,8 @@ class Generator:
     def _generation(self, fin, adapter: str | None) -> Generation:
         return Generation(text=self.tokenizer.decode(fin.ids, skip_special_tokens=True),
                           prompt_tokens=fin.prompt_tokens, new_tokens=len(fin.ids), first_token_ms=fin.first_token_ms,
-                          generate_ms=fin.total_ms, finish_reason=fin.reason, adapter=adapter)
+                          generate_ms=fin.total_ms, finish_reason=fin.reason, adapter=adapter,
+                          logprob=fin.logprob)
 
     def stream(self, messages: list[dict], adapter=_BASE, **overrides) -> TextStream:
         """Generate one answer, yielding text pieces as they are produced.

@@ -177,6 +177,31 @@ def test_split_prefill_batch_matches_transformers_generate(gen, penalty):
                 gen.tokenizer.decode(new, skip_special_tokens=True), len(new), reason)
 
 
+def test_logprob_is_the_answers_log_likelihood(gen):
+    """Generation.logprob (batched decoding) = the teacher-forced log-likelihood of answer + stop token."""
+    batched = gen.generate(PROMPTS, batch_size=4, max_new_tokens=12)
+    with torch.inference_mode():
+        for p, b in zip(PROMPTS, batched):
+            prompt = gen.encode(p)
+            ids = prompt + _generated_ids(gen, p, 12)
+            logp = torch.log_softmax(gen.model(input_ids=torch.tensor([ids])).logits[0].float(), -1)
+            expected = sum(float(logp[i - 1, ids[i]]) for i in range(len(prompt), len(ids)))
+            assert b.logprob == pytest.approx(expected, abs=1e-3)
+            assert b.logprob < 0
+
+
+def _generated_ids(gen, messages, max_new):
+    """Plain model.generate's new ids for one prompt, cut after the first stop token (kept)."""
+    ids = torch.tensor([gen.encode(messages)])
+    out = gen.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new,
+                             do_sample=False, eos_token_id=gen.stop_ids, pad_token_id=gen.pad_id)
+    new = out[0, ids.shape[1]:].tolist()
+    for i, t in enumerate(new):
+        if t in gen.stop_ids:
+            return new[:i + 1]
+    return new
+
+
 def test_rows_leave_the_batch_when_they_stop(gen):
     """One row stops early; the others continue in a smaller batch and still match plain generate."""
     im_end = gen.tokenizer.convert_tokens_to_ids("<|im_end|>")
