@@ -19,6 +19,9 @@ TRAIN_KINDS = ("raft", "closed", "inject")
 """Training data for an adapter arm (the tuner's data.format): RAFT-style (question + retrieved
 chunks -> cited answer), closed-book question -> answer, or knowledge injection (causal LM on passages)."""
 QUESTION_SETS = ("eval", "disjoint")
+FUSIONS = ("joint", "per-source")
+"""How a rag arm reads its k sources: all in one prompt (joint), or one prompt per source with the
+answers scored like RAG-Sequence (Lewis et al., 2020): p(source) x p(answer | source), see eval.fusion."""
 RETRIEVERS = ("dense", "bm25", "hybrid")
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
@@ -86,6 +89,11 @@ class ArmConfig:
     """Few-shot examples per question; None = the config's shots."""
     order: str = "best-first"
     """Source order in the prompt: best-first, or best-last (best source closest to the question)."""
+    fusion: str = "joint"
+    """joint: the k sources in one prompt; per-source: one prompt per source, the answer with the
+    highest p(source | question) x p(answer | question, source) wins (FUSIONS)."""
+    source_temperature: float = 0.5
+    """per-source: p(source | question) = softmax(retrieval score / this)."""
     max_new_tokens: int | None = None
     """None = the config's max_new_tokens (cot arms get cot_max_new_tokens)."""
     adapter: str | None = None
@@ -112,6 +120,12 @@ class ArmConfig:
             raise ValueError(f"arm {self.name}: shots must be >= 0, got {self.shots!r}")
         if self.order not in ("best-first", "best-last"):
             raise ValueError(f"arm {self.name}: order must be best-first or best-last, got {self.order!r}")
+        if self.fusion not in FUSIONS:
+            raise ValueError(f"arm {self.name}: fusion must be one of {', '.join(FUSIONS)}, got {self.fusion!r}")
+        if self.fusion == "per-source" and self.mode != "rag":
+            raise ValueError(f"arm {self.name}: fusion per-source needs mode rag")
+        if not isinstance(self.source_temperature, (int, float)) or not self.source_temperature > 0:
+            raise ValueError(f"arm {self.name}: source_temperature must be > 0, got {self.source_temperature!r}")
         if self.questions not in QUESTION_SETS:
             raise ValueError(f"arm {self.name}: questions must be one of {', '.join(QUESTION_SETS)}")
         if isinstance(self.train, dict):

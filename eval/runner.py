@@ -221,8 +221,9 @@ def _shots(st: RunState, n: int, q) -> list:
     return st.example_pool.select(q.question, k=n)
 
 
-def _prompt_for(st: RunState, arm: ArmConfig, style, q, hits) -> tuple:
-    """(Prompt, included source texts or None) for one question."""
+def _prompt_for(st: RunState, arm: ArmConfig, style, q, hits) -> list[tuple]:
+    """[(Prompt, included source texts or None)] for one question: one prompt, or one per
+    source for per-source arms."""
     from retriever.hit import Hit
 
     cfg = st.config
@@ -230,12 +231,44 @@ def _prompt_for(st: RunState, arm: ArmConfig, style, q, hits) -> tuple:
     if arm.mode == "gold":
         hits = [Hit.from_text(q.context or "", title=q.title or "", source=q.paragraph_id or "")]
     if not style.uses_context:
-        return style.build(q.question, None, examples, tokenizer=st.tokenizer), None
+        return [(style.build(q.question, None, examples, tokenizer=st.tokenizer), None)]
+    if arm.fusion == "per-source":
+        fitted = [style.fit_sources([h], st.tokenizer, cfg.arm_budget(arm)) for h in hits or []]
+        prompts = [style.build(q.question, f, examples, tokenizer=st.tokenizer, context_budget=None)
+                   for f in fitted if f]
+        return [(p, [h.text for h in p.sources]) for p in prompts]
     fitted = style.fit_sources(hits or [], st.tokenizer, cfg.arm_budget(arm))
     if arm.order == "best-last":
         fitted = fitted[::-1]
     prompt = style.build(q.question, fitted, examples, tokenizer=st.tokenizer, context_budget=None)
-    return prompt, [h.text for h in prompt.sources]
+    return [(prompt, [h.text for h in prompt.sources])]
+
+
+def _answer(arm: ArmConfig, style, built: list[tuple], gens: list) -> dict:
+    """The arm's answer to one question from its prompt(s) and generation(s)."""
+    if len(built) == 1 and arm.fusion != "per-source":
+        (prompt, included), gen = built[0], gens[0]
+        parsed = style.parse(gen.text)
+        return {"parsed": parsed, "raw": gen.text, "sources": list(prompt.sources), "included": included,
+                "cited": parsed.cited, "prompt_tokens": gen.prompt_tokens, "new_tokens": gen.new_tokens}
+    from eval.fusion import Candidate, choose
+
+    sources = [p.sources[0] for p, _ in built]
+    parsed = [style.parse(g.text) for g in gens]
+    cands = [Candidate(p.answer, g.logprob, float(h.score)) for p, g, h in zip(parsed, gens, sources)]
+    best, joint = choose(cands, arm.source_temperature) if cands else (None, [])
+    out = {"sources": sources, "included": [h.text for h in sources],
+           "prompt_tokens": sum(g.prompt_tokens for g in gens), "new_tokens": sum(g.new_tokens for g in gens),
+           "candidates": [{"n": i, "answer": c.answer, "logprob": None if c.logprob is None else round(c.logprob, 4),
+                           "p": round(j, 6)} for i, (c, j) in enumerate(zip(cands, joint), 1)]}
+    if best is None:  # no source at all: nothing to answer from
+        from retriever.answer import ParsedAnswer
+
+        out.update(parsed=ParsedAnswer(answer="", cited=[]), raw="", cited=[])
+    else:
+        # the answer comes from one source: that is the one it cites
+        out.update(parsed=parsed[best], raw=gens[best].text, cited=[best + 1])
+    return out
 
 
 def run_arm(st: RunState, arm: ArmConfig, done: set, progress=None) -> list[dict]:
@@ -253,23 +286,28 @@ def run_arm(st: RunState, arm: ArmConfig, done: set, progress=None) -> list[dict
         else:
             hits_list, ret_ms = [None] * len(batch), [0.0] * len(batch)
         built = [_prompt_for(st, arm, style, q, h) for q, h in zip(batch, hits_list)]
+        flat = [p.messages for b in built for p, _ in b]
         t0 = time.perf_counter()
-        gens = st.generator.generate([p.messages for p, _ in built], max_new_tokens=max_new)
+        gens = st.generator.generate(flat, max_new_tokens=max_new) if flat else []
         gen_ms = (time.perf_counter() - t0) * 1000 / len(batch)
-        rows = []
-        for q, hits, (prompt, included), gen, rms in zip(batch, hits_list, built, gens, ret_ms):
-            parsed = style.parse(gen.text)
+        rows, at = [], 0
+        for q, hits, b, rms in zip(batch, hits_list, built, ret_ms):
+            ans = _answer(arm, style, b, gens[at:at + len(b)])
+            at += len(b)
+            parsed, included = ans["parsed"], ans["included"]
             passages = [st.corpus.passage_of(h.source) for h in hits] if hits is not None else None
             row = {"arm": arm.name, "qid": q.id, "question": q.question, "answers": list(q.answers),
-                   "prediction": parsed.answer, "raw": gen.text, "reasoning": parsed.reasoning,
-                   "cited": parsed.cited, "gold_passage": q.paragraph_id,
+                   "prediction": parsed.answer, "raw": ans["raw"], "reasoning": parsed.reasoning,
+                   "cited": ans["cited"], "gold_passage": q.paragraph_id,
                    "sources": [{"n": i, "source": h.source, "score": round(float(h.score), 5)}
-                               for i, h in enumerate(prompt.sources, 1)] if included is not None else None,
+                               for i, h in enumerate(ans["sources"], 1)] if included is not None else None,
                    "k": cfg.arm_k(arm) if arm.uses_retrieval else None,
-                   "prompt_tokens": gen.prompt_tokens, "new_tokens": gen.new_tokens,
+                   "prompt_tokens": ans["prompt_tokens"], "new_tokens": ans["new_tokens"],
                    "retrieve_ms": round(rms, 2), "generate_ms": round(gen_ms, 2),
                    "latency_ms": round(rms + gen_ms, 2), "batch_size": len(batch)}
-            row.update(score_row(prediction=parsed.answer, golds=q.answers, cited=parsed.cited, included=included,
+            if "candidates" in ans:
+                row["candidates"] = ans["candidates"]
+            row.update(score_row(prediction=parsed.answer, golds=q.answers, cited=ans["cited"], included=included,
                                  retrieved_passages=passages, gold_passage=q.paragraph_id,
                                  k=cfg.arm_k(arm) if arm.uses_retrieval else None))
             rows.append(row)

@@ -44,6 +44,9 @@ def test_shipped_configs_load():
     ({"arms": ARMS, "batch_size": 0}, "batch_size must be a positive integer"),
     ({"arms": ARMS, "pool_data": None}, "needs pool_data"),
     ({"arms": ARMS, "k": "5"}, "k must be a positive integer"),
+    ({"arms": [{"name": "x", "mode": "rag", "fusion": "vote"}]}, "fusion must be one of joint, per-source"),
+    ({"arms": [{"name": "x", "mode": "gold", "fusion": "per-source"}]}, "per-source needs mode rag"),
+    ({"arms": [{"name": "x", "mode": "rag", "source_temperature": 0}]}, "source_temperature must be > 0"),
 ])
 def test_invalid_configs_name_the_field(values, message):
     with pytest.raises(ValueError) as err:

@@ -4,6 +4,7 @@ real index (FAISS + BM25), real batched generation, adapters, resume after inter
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -180,3 +181,48 @@ def test_cli_runs_jsonl_questions_with_limit(world, tmp_path):
     assert list(res["arms"]) == ["rag"] and res["arms"]["rag"]["n"] == 1
     assert res["arms"]["rag"]["recall_at_k"] == 100.0  # one of two context docs, k=2
     assert "rag" in proc.stdout and "F1" in proc.stdout
+
+
+def test_per_source_arm_answers_each_source_and_picks_by_joint_probability(world, tmp_path):
+    """fusion: per-source asks once per retrieved source; the row's answer is the candidate group
+    with the highest p(source) x p(answer | source), and it cites that source."""
+    from eval.fusion import source_prior
+    from eval.metrics import normalize_answer
+    from eval.runner import ROWS_FILE, run_eval
+
+    arms = [{"name": "rag-per-source", "mode": "rag", "fusion": "per-source", "source_temperature": 0.5}]
+    run_eval(_config(world, arms), tmp_path / "out", models_dir=world["base"], log=lambda m: None)
+    rows = [json.loads(line) for line in (tmp_path / "out" / ROWS_FILE).read_text().splitlines()]
+    assert len(rows) == 6
+    for r in rows:
+        cands = r["candidates"]
+        assert len(cands) == len(r["sources"]) == 2 and all(c["logprob"] < 0 for c in cands)
+        prior = source_prior([s["score"] for s in r["sources"]], 0.5)
+        for c, p in zip(cands, prior):
+            assert c["p"] == pytest.approx(p * math.exp(c["logprob"]), rel=1e-3, abs=1e-6)
+        mass = {}
+        for c in cands:
+            mass[normalize_answer(c["answer"])] = mass.get(normalize_answer(c["answer"]), 0.0) + c["p"]
+        best = max(mass.values())
+        assert mass[normalize_answer(r["prediction"])] == pytest.approx(best)
+        chosen = r["cited"][0]
+        assert normalize_answer(cands[chosen - 1]["answer"]) == normalize_answer(r["prediction"])
+        assert r["prompt_tokens"] > 0
+
+
+def test_choose_pools_equal_answers_and_uses_the_prior():
+    from eval.fusion import Candidate, choose
+
+    # two weaker sources agree on "Paris": together they beat one confident "Lyon"
+    cands = [Candidate("Lyon", math.log(0.5), 0.0), Candidate("Paris.", math.log(0.3), 0.0),
+             Candidate("paris", math.log(0.3), 0.0)]
+    best, joint = choose(cands, temperature=1.0)
+    assert best == 1 and joint == pytest.approx([0.5 / 3, 0.1, 0.1])
+    # a much better retrieval score wins against a slightly more confident answer
+    cands = [Candidate("A", math.log(0.4), 2.0), Candidate("B", math.log(0.5), 0.0)]
+    assert choose(cands, temperature=0.5)[0] == 0
+    assert choose(cands, temperature=100.0)[0] == 1
+    # no log-probability (model.generate fallback): the prior decides
+    assert choose([Candidate("A", None, 0.1), Candidate("B", None, 0.9)])[0] == 1
+    with pytest.raises(ValueError):
+        choose([])

