@@ -78,6 +78,24 @@ def training_rows(st, arm: ArmConfig) -> list:
     return rows
 
 
+def style_wording(spec) -> str:
+    """The wording of the prompt style the tuner will build training prompts with (a change in
+    it must not reuse an adapter trained on the old prompts)."""
+    from retriever.prompts import get_style
+    from tuner.data import default_style
+
+    name = str(spec.overrides.get("data.prompt_style", "auto"))
+    if name == "auto":
+        cot = str(spec.overrides.get("data.cot", False)).lower() in ("true", "1", "yes")
+        name = default_style("raft" if spec.kind == "raft" else "closed", cot)
+    if spec.kind == "inject":
+        return ""
+    style = get_style(name)
+    return json.dumps({a: getattr(style, a) for a in ("name", "system", "question_template", "reminder",
+                                                         "sources_header", "source_template", "show_titles",
+                                                         "cot_example_reasoning")}, sort_keys=True)
+
+
 def _train_key(st, arm: ArmConfig, data_file: Path) -> str:
     from tuner.config import resolve_recipe_path
 
@@ -85,7 +103,8 @@ def _train_key(st, arm: ArmConfig, data_file: Path) -> str:
     recipe = resolve_recipe_path(spec.recipe)
     h = hashlib.sha256()
     for part in (st.config.model, recipe.read_text(encoding="utf-8"), spec.kind, str(spec.max_steps),
-                 json.dumps(spec.overrides, sort_keys=True), data_file.read_bytes().decode("utf-8")):
+                 json.dumps(spec.overrides, sort_keys=True), style_wording(spec),
+                 data_file.read_bytes().decode("utf-8")):
         h.update(part.encode("utf-8"))
         h.update(b"\0")
     return h.hexdigest()[:10]

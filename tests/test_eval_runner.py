@@ -226,3 +226,18 @@ def test_choose_pools_equal_answers_and_uses_the_prior():
     assert choose([Candidate("A", None, 0.1), Candidate("B", None, 0.9)])[0] == 1
     with pytest.raises(ValueError):
         choose([])
+
+
+def test_adapter_cache_key_follows_the_training_prompt_wording(monkeypatch):
+    """A cached adapter is reused only for the same training prompts: the style wording is in its key."""
+    from eval.adapters import style_wording
+    from eval.config import TrainSpec
+    from retriever.prompts import RagSpan, RagZeroShot
+
+    raft, span = TrainSpec(kind="raft"), TrainSpec(kind="raft", overrides={"data.prompt_style": "rag-span"})
+    assert style_wording(raft) != style_wording(span)
+    assert json.loads(style_wording(span))["system"] == RagSpan.system
+    before = style_wording(raft)
+    monkeypatch.setattr(RagZeroShot, "reminder", "Answer:")
+    assert style_wording(raft) != before
+    assert style_wording(TrainSpec(kind="inject")) == ""
