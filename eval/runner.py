@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from eval.config import ArmConfig, EvalConfig
-from eval.data import (Corpus, build_corpus_index, check_no_leak, load_questions, pick_shots, prepare_corpus,
-                       sample_questions)
+from eval.data import (Corpus, build_corpus_index, check_no_leak, find_leaks, load_questions, pick_shots,
+                       prepare_corpus, sample_questions)
 from eval.scoring import score_row
 
 ROWS_FILE = "results.jsonl"
@@ -142,7 +142,9 @@ def prepare(config: EvalConfig, out_dir: Path, cache_dir: Path, log=print) -> Ru
             # (always, so the pool, hence a cached adapter's training data, does not depend on --arms)
             n_held = min(config.disjoint_limit, len(pool) // 5)
             st.disjoint = sample_questions(pool, n_held, "random", config.seed + 1) if n_held else []
-            held = {q.id for q in st.disjoint}
+            # out of the pool: the held questions and any other question with the same text
+            # (SQuADShifts repeats some questions under other ids)
+            held = set(find_leaks(st.disjoint, pool))
             pool = [e for e in pool if e.id not in held]
         check_no_leak(st.questions, pool, f"few-shot/training pool {pool_path.name}")
         st.pool = pool

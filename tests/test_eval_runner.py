@@ -241,3 +241,18 @@ def test_adapter_cache_key_follows_the_training_prompt_wording(monkeypatch):
     monkeypatch.setattr(RagZeroShot, "reminder", "Answer:")
     assert style_wording(raft) != before
     assert style_wording(TrainSpec(kind="inject")) == ""
+
+
+def test_forgetting_set_takes_duplicate_questions_out_of_the_pool(world, tmp_path):
+    """A pool question repeated under another id must not reach training once the first copy is held out."""
+    from eval.runner import prepare
+
+    pool = {"Moon": POOL["Moon"] + [("The Moon has no air. Apollo 11 landed there in 1969.",
+                                     [("When did Apollo 11 land on the Moon?", "1969")])]}
+    path = write_squad(tmp_path / "pool.json", pool, "p")
+    cfg = _config(world, [{"name": "base-disjoint", "questions": "disjoint"}], pool_data=str(path), disjoint_limit=5)
+    for seed in range(20):  # the repeated question gets held out for some seeds
+        cfg.seed = seed
+        st = prepare(cfg, tmp_path, tmp_path)
+        texts = {q.question for q in st.disjoint}
+        assert not texts & {q.question for q in st.pool}
