@@ -21,7 +21,7 @@ chunks -> cited answer), closed-book question -> answer, or knowledge injection 
 QUESTION_SETS = ("eval", "disjoint")
 FUSIONS = ("joint", "per-source")
 """How a rag arm reads its k sources: all in one prompt (joint), or one prompt per source with the
-answers scored like RAG-Sequence (Lewis et al., 2020): p(source) x p(answer | source), see eval.fusion."""
+answers scored like RAG-Sequence (Lewis et al., 2020): p(source) x p(answer | source), see ragtune.per_source."""
 RETRIEVERS = ("dense", "bm25", "hybrid")
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 

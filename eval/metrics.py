@@ -11,21 +11,14 @@ from __future__ import annotations
 
 import math
 import random
-import re
-import string
 from collections import Counter
 from collections.abc import Iterable, Sequence
 
-_PUNCT = set(string.punctuation)
-_ARTICLES = re.compile(r"\b(a|an|the)\b")
+from ragtune.qadata import normalize_answer
 
-
-def normalize_answer(s: str) -> str:
-    """Official SQuAD normalisation: lower, remove punctuation, remove articles, fold whitespace."""
-    s = str(s).lower()
-    s = "".join(ch for ch in s if ch not in _PUNCT)
-    s = _ARTICLES.sub(" ", s)
-    return " ".join(s.split())
+__all__ = ["normalize_answer", "answer_tokens", "exact_match", "token_f1", "recall_at_k", "mrr_at_k", "ndcg_at_k",
+           "mean", "percentile", "bootstrap_ci", "cis_overlap", "support_score", "is_supported", "contains_answer",
+           "citation_correct"]
 
 
 def answer_tokens(s: str) -> list[str]:

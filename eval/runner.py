@@ -253,7 +253,7 @@ def _answer(arm: ArmConfig, style, built: list[tuple], gens: list) -> dict:
         parsed = style.parse(gen.text)
         return {"parsed": parsed, "raw": gen.text, "sources": list(prompt.sources), "included": included,
                 "cited": parsed.cited, "prompt_tokens": gen.prompt_tokens, "new_tokens": gen.new_tokens}
-    from eval.fusion import Candidate, choose
+    from ragtune.per_source import Candidate, choose
 
     sources = [p.sources[0] for p, _ in built]
     parsed = [style.parse(g.text) for g in gens]

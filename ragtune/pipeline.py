@@ -16,6 +16,7 @@ from typing import Any, Callable
 
 MODES = {"rag": "rag", "closed-book": "closed", "closed": "closed"}
 STYLE_KINDS = ("zero-shot", "few-shot", "cot")
+FUSIONS = ("joint", "per-source")
 _DEFAULT = "__generator_default__"
 
 # A small built-in few-shot pool (written for ragtune, not taken from any evaluation set), used
@@ -61,6 +62,11 @@ class AskOptions:
     """None: the generator's GenConfig default."""
     adapter: str | None = _DEFAULT
     """Adapter for this answer (None: the base model); default: the generator's current choice."""
+    fusion: str = "joint"
+    """RAG mode: `joint` (all sources in one prompt) or `per-source` (one prompt per source; the
+    answer with the highest p(source) x p(answer | source) wins, see ragtune.per_source)."""
+    source_temperature: float = 0.5
+    """per-source: p(source) = softmax(retrieval score / this)."""
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -71,6 +77,12 @@ class AskOptions:
             raise ValueError(f"k must be an integer in 1..50, got {self.k!r}")
         if self.context_budget is not None and self.context_budget < 16:
             raise ValueError(f"context_budget must be >= 16 or None, got {self.context_budget!r}")
+        if self.fusion not in FUSIONS:
+            raise ValueError(f"fusion must be one of {', '.join(FUSIONS)}; got {self.fusion!r}")
+        if self.fusion == "per-source" and self.mode != "rag":
+            raise ValueError("fusion per-source needs rag mode (closed-book has no sources)")
+        if not isinstance(self.source_temperature, (int, float)) or not self.source_temperature > 0:
+            raise ValueError(f"source_temperature must be > 0, got {self.source_temperature!r}")
 
     @property
     def style_name(self) -> str:
@@ -86,6 +98,8 @@ class Prepared:
     prompt: Any
     retrieve_ms: float = 0.0
     extra: dict = field(default_factory=dict)
+    per_source: list = field(default_factory=list)
+    """fusion per-source: one Prompt per source (`prompt` then holds all the sources, numbered)."""
 
 
 def default_pool(embedder: Any = None):
@@ -122,7 +136,13 @@ def prepare(question: str, options: AskOptions, searcher: Any = None, pool: Any 
         examples = (pool if pool is not None else default_pool()).select(question)
     prompt = style.build(question, sources=hits, examples=examples, tokenizer=tokenizer,
                          context_budget=options.context_budget)
-    return Prepared(question=question, style=style, prompt=prompt, retrieve_ms=retrieve_ms)
+    prepared = Prepared(question=question, style=style, prompt=prompt, retrieve_ms=retrieve_ms)
+    if options.fusion == "per-source" and style.uses_context:
+        fitted = [style.fit_sources([h], tokenizer, options.context_budget) for h in hits]
+        prepared.per_source = [style.build(question, sources=f, examples=examples, tokenizer=tokenizer)
+                               for f in fitted if f]
+        prompt.sources = [p.sources[0] for p in prepared.per_source]
+    return prepared
 
 
 def sources_of(prompt: Any) -> list[dict]:
@@ -154,17 +174,49 @@ def answer_object(prepared: Prepared, gen: Any, model: str, adapter: str | None)
     return out
 
 
+def per_source_answer(prepared: Prepared, gens: list, model: str, adapter: str | None,
+                      temperature: float = 0.5) -> dict:
+    """The answer object when every source was asked alone (`gens[i]` answers `prepared.per_source[i]`):
+    the winning reply, citing its source, and every candidate with its probability."""
+    from ragtune.per_source import Candidate, choose
+
+    parsed = [prepared.style.parse(g.text) for g in gens]
+    hits = [p.sources[0] for p in prepared.per_source]
+    cands = [Candidate(p.answer, g.logprob, float(h.score)) for p, g, h in zip(parsed, gens, hits)]
+    best, joint = choose(cands, temperature)
+    out = answer_object(prepared, gens[best], model, adapter)
+    out.update(answer=parsed[best].answer, cited=[best + 1], fusion="per-source",
+               candidates=[{"n": i, "answer": c.answer, "logprob": None if c.logprob is None else round(c.logprob, 4),
+                            "p": round(j, 6)} for i, (c, j) in enumerate(zip(cands, joint), 1)])
+    if prepared.style.cot:
+        out["reasoning"] = parsed[best].reasoning
+    t = out["timings"]
+    t["prompt_tokens"] = sum(int(g.prompt_tokens) for g in gens)
+    t["new_tokens"] = sum(int(g.new_tokens) for g in gens)
+    t["first_token_ms"] = round(min(float(g.first_token_ms or 0.0) for g in gens), 2)
+    t["generate_ms"] = round(max(float(g.generate_ms or 0.0) for g in gens), 2)
+    t["tokens_per_s"] = round(t["new_tokens"] / (t["generate_ms"] / 1000), 2) if t["generate_ms"] > 0 else 0.0
+    return out
+
+
 def ask(question: str, generator: Any, options: AskOptions | None = None, searcher: Any = None,
         pool: Any = None, on_piece: Callable[[str], None] | None = None) -> dict:
     """Answer one question end to end; returns the answer object.
 
-    With `on_piece`, the answer is streamed: each text piece is passed to it as generated.
+    With `on_piece`, the answer is streamed: each text piece is passed to it as generated
+    (fusion per-source: the winning answer once, when every source has been read).
     """
     options = options or AskOptions()
     prepared = prepare(question, options, searcher=searcher, pool=pool, tokenizer=generator.tokenizer)
     kwargs: dict = {"max_new_tokens": options.max_new_tokens}
     if options.adapter != _DEFAULT:
         kwargs["adapter"] = options.adapter
+    if prepared.per_source:
+        gens = generator.generate([p.messages for p in prepared.per_source], **kwargs)
+        out = per_source_answer(prepared, gens, generator.name, gens[0].adapter, options.source_temperature)
+        if on_piece is not None:
+            on_piece(out["answer"])
+        return out
     if on_piece is None:
         gen = generator.generate([prepared.prompt.messages], **kwargs)[0]
     else:

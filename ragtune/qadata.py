@@ -9,8 +9,20 @@ from __future__ import annotations
 import gzip
 import json
 import re
+import string
 from dataclasses import dataclass, field
 from pathlib import Path
+
+_PUNCT = set(string.punctuation)
+_ARTICLES = re.compile(r"\b(a|an|the)\b")
+
+
+def normalize_answer(s: str) -> str:
+    """Official SQuAD normalisation: lower, remove punctuation, remove articles, fold whitespace."""
+    s = str(s).lower()
+    s = "".join(ch for ch in s if ch not in _PUNCT)
+    s = _ARTICLES.sub(" ", s)
+    return " ".join(s.split())
 
 
 @dataclass(frozen=True)

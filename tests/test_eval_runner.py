@@ -186,7 +186,7 @@ def test_cli_runs_jsonl_questions_with_limit(world, tmp_path):
 def test_per_source_arm_answers_each_source_and_picks_by_joint_probability(world, tmp_path):
     """fusion: per-source asks once per retrieved source; the row's answer is the candidate group
     with the highest p(source) x p(answer | source), and it cites that source."""
-    from eval.fusion import source_prior
+    from ragtune.per_source import source_prior
     from eval.metrics import normalize_answer
     from eval.runner import ROWS_FILE, run_eval
 
@@ -211,7 +211,7 @@ def test_per_source_arm_answers_each_source_and_picks_by_joint_probability(world
 
 
 def test_choose_pools_equal_answers_and_uses_the_prior():
-    from eval.fusion import Candidate, choose
+    from ragtune.per_source import Candidate, choose
 
     # two weaker sources agree on "Paris": together they beat one confident "Lyon"
     cands = [Candidate("Lyon", math.log(0.5), 0.0), Candidate("Paris.", math.log(0.3), 0.0),

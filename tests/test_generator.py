@@ -473,6 +473,39 @@ def test_ask_streams_and_returns_the_answer_object(gen):
         ask("q?", gen, AskOptions(mode="rag"))
 
 
+def test_ask_per_source_asks_each_source_alone_and_keeps_the_likeliest(gen):
+    """fusion per-source: one prompt per source, each answer = what generate gives for that prompt
+    alone, the winner = argmax p(source) x p(answer | source), citing its source."""
+    import math
+
+    from ragtune.pipeline import AskOptions, ask, prepare
+    from ragtune.per_source import source_prior
+
+    texts = ["The Eiffel Tower was finished in 1889.", "The Louvre holds the Mona Lisa.", "The Nile flows north."]
+    searcher = FakeSearcher(texts)
+    opts = AskOptions(k=3, max_new_tokens=6, fusion="per-source")
+    pieces: list[str] = []
+    out = ask("When was the Eiffel Tower finished?", gen, opts, searcher=searcher, on_piece=pieces.append)
+    prepared = prepare("When was the Eiffel Tower finished?", opts, searcher=searcher, tokenizer=gen.tokenizer)
+    assert [p.sources[0].text for p in prepared.per_source] == texts
+    alone = [gen.generate([p.messages], max_new_tokens=6)[0] for p in prepared.per_source]
+    assert [c["answer"] for c in out["candidates"]] == [gen_style_answer(prepared, g) for g in alone]
+    prior = source_prior([h.score for h in searcher.hits], 0.5)
+    joint = [p * math.exp(g.logprob) for p, g in zip(prior, alone)]
+    assert [c["p"] for c in out["candidates"]] == pytest.approx(joint, rel=1e-3, abs=1e-7)
+    assert len(out["sources"]) == 3 and out["fusion"] == "per-source" and len(out["cited"]) == 1
+    assert out["answer"] == out["candidates"][out["cited"][0] - 1]["answer"] and pieces == [out["answer"]]
+    assert out["timings"]["prompt_tokens"] == sum(g.prompt_tokens for g in alone)
+    with pytest.raises(ValueError, match="needs rag mode"):
+        AskOptions(mode="closed-book", fusion="per-source")
+    with pytest.raises(ValueError, match="fusion must be one of"):
+        AskOptions(fusion="vote")
+
+
+def gen_style_answer(prepared, generation) -> str:
+    return prepared.style.parse(generation.text).answer
+
+
 def test_ask_cli_rejects_bad_input_in_one_line(capsys, tmp_path):
     from ragtune.cli import main
 
@@ -485,6 +518,8 @@ def test_ask_cli_rejects_bad_input_in_one_line(capsys, tmp_path):
     assert main(["ask", "q?", "--mode", "closed-book", "--style", "few-shot", "--fewshot-pool",
                  str(tmp_path / "pool.jsonl")]) == 1
     assert "few-shot pool file not found" in capsys.readouterr().err
+    assert main(["ask", "q?", "--mode", "closed-book", "--fusion", "per-source"]) == 1
+    assert "needs rag mode" in capsys.readouterr().err
 
 
 def test_sub_batches_sort_by_length_and_bound_padding():

@@ -28,6 +28,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--context-budget", type=int, default=1536, help="tokens for the numbered sources (default 1536)")
     p.add_argument("--fewshot-pool", metavar="FILE", help="few-shot examples (SQuAD JSON or JSONL) for "
                    "--style few-shot (default: RAGTUNE_FEWSHOT_POOL, else a small built-in pool)")
+    p.add_argument("--fusion", default="joint", choices=["joint", "per-source"],
+                   help="rag mode: joint (default: every source in one prompt) or per-source (ask once per "
+                   "source and keep the answer with the highest p(source) x p(answer | source); k prompts, "
+                   "often better with small models, printed at the end instead of streamed)")
     p.add_argument("--dtype", default="auto", choices=["auto", "bf16", "fp32"], help="generator dtype")
     p.add_argument("--json", action="store_true", help="print the answer object as JSON (no streaming)")
     p.set_defaults(func=run_ask)
@@ -88,7 +92,7 @@ def run_ask(args: argparse.Namespace) -> int:
         raise CLIError("the question is empty")
     max_new = args.max_new_tokens or (256 if args.style == "cot" else 128)
     options = AskOptions(mode=args.mode, style=args.style, k=args.k, retriever=args.retriever,
-                         context_budget=args.context_budget, max_new_tokens=max_new)
+                         context_budget=args.context_budget, max_new_tokens=max_new, fusion=args.fusion)
     from generator.config import GenConfig
 
     gen_config = GenConfig(max_new_tokens=max_new)  # validates the bound before any loading

@@ -7,9 +7,10 @@ with p(z | question) = softmax(retrieval score / temperature) over the k sources
 p(answer | question, z) the generator's probability of its whole reply (end-of-turn token
 included, `Generation.logprob`). Replies equal after SQuAD normalisation pool their mass.
 
-Why: a small model reading k sources in one prompt is easily pulled to a distractor; alone
-with one source it reads better, and the retrieval score and its own confidence pick the
-source. Measured with Qwen2.5-0.5B on 120 SQuAD dev questions outside the evaluation sample
+Used by `ragtune ask --fusion per-source` (ragtune.pipeline) and by the evaluation's
+`fusion: per-source` arms. Why: a small model reading k sources in one prompt is easily
+pulled to a distractor; alone with one source it reads better, and the retrieval score and
+its own confidence pick the source. Measured with Qwen2.5-0.5B on 120 SQuAD dev questions outside the evaluation sample
 (hybrid top-3): F1 34.0 with the 3 sources in one prompt, 42.4 with the top source alone,
 45.3 per-source (temperature 0.5); the oracle choice among the 3 answers would give 53.3.
 """
@@ -20,7 +21,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from eval.metrics import normalize_answer
+from ragtune.qadata import normalize_answer
 
 
 @dataclass
