@@ -275,6 +275,26 @@ def test_ask_stream_sends_tokens_then_one_final_event_with_sources(client):
         assert kinds.count("token") >= 1
 
 
+def test_ask_per_source_answers_each_source_and_cites_the_winner(client, state):
+    body = {"question": "What do astronomers measure?", "top_k": 2, "retriever": "dense", "max_new_tokens": 4,
+            "fusion": "per-source"}
+    r = client.post("/v1/ask", json=body)
+    assert r.status_code == 200, r.text
+    a = r.json()
+    assert a["fusion"] == "per-source" and len(a["candidates"]) == len(a["sources"]) == 2
+    assert all(c["logprob"] is not None and c["logprob"] < 0 and c["p"] >= 0 for c in a["candidates"])
+    win = a["cited"][0]
+    assert a["answer"] == a["candidates"][win - 1]["answer"]
+    assert a["timings"]["prompt_tokens"] > 0 and a["timings"]["queue_ms"] >= 0
+    with client.stream("POST", "/v1/ask", json={**body, "stream": True}) as resp:
+        events = sse_events("".join(resp.iter_text()))
+    assert [k for k, _ in events] == ["token", "final"] and events[0][1]["text"] == events[1][1]["answer"]
+    assert events[1][1]["answer"] == a["answer"]  # greedy: the same answer streamed or not
+    err = _error(client.post("/v1/ask", json={**body, "mode": "closed-book"}), 422)
+    assert "per-source needs mode 'rag'" in err["message"]
+    _error(client.post("/v1/ask", json={**body, "fusion": "vote"}), 422)
+
+
 def test_openai_chat_completions(client, state):
     msgs = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hello"},
             {"role": "assistant", "content": "hi"}, {"role": "user", "content": "How do I bake bread?"}]

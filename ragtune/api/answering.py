@@ -18,10 +18,13 @@ Prepared = pipeline.Prepared
 
 
 def prepare(state: AppState, question: str, mode: str, style: str, top_k: int,
-            filters: dict | None = None, retriever: str | None = None) -> Prepared:
-    """Retrieve (RAG mode) against the live index and build the prompt; 422/503 on bad input."""
+            filters: dict | None = None, retriever: str | None = None, fusion: str = "joint") -> Prepared:
+    """Retrieve (RAG mode) against the live index and build the prompt(s); 422/503 on bad input."""
+    if fusion == "per-source" and pipeline.MODES[mode] != "rag":
+        raise invalid("fusion per-source needs mode 'rag' (closed-book has no sources)", "fusion")
     options = pipeline.AskOptions(mode=mode, style=style, k=top_k, retriever=retriever, filters=filters,
-                                  context_budget=state.config.context_budget)
+                                  context_budget=state.config.context_budget, fusion=fusion,
+                                  source_temperature=state.config.source_temperature)
     handle = state.index  # one reference read: this request uses one whole index generation
     if pipeline.MODES[mode] == "rag" and handle is None:
         raise ApiError(503, "no_index", "no index is loaded: use mode 'closed-book' or start with --index")

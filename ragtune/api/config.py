@@ -50,6 +50,8 @@ class ApiConfig:
     retry_after_s: int = 2
     context_budget: int | None = 1536
     """Tokens of the generator's tokenizer for the numbered sources in a RAG prompt."""
+    source_temperature: float = 0.5
+    """fusion per-source: p(source) = softmax(retrieval score / this)."""
     examples: Path | None = None
     """Few-shot example pool (SQuAD JSON or JSONL) for the few-shot styles; None: no examples."""
 
@@ -71,6 +73,8 @@ class ApiConfig:
                              f"max_new_tokens_cap ({self.max_new_tokens_cap})")
         if self.context_budget is not None and self.context_budget < 16:
             raise ValueError(f"ApiConfig.context_budget must be >= 16 or None, got {self.context_budget}")
+        if not self.source_temperature > 0:
+            raise ValueError(f"ApiConfig.source_temperature must be > 0, got {self.source_temperature}")
         if self.batch_wait_ms < 0:
             raise ValueError(f"ApiConfig.batch_wait_ms must be >= 0, got {self.batch_wait_ms}")
         if self.api_key is not None and not self.api_key.strip():

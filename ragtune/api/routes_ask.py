@@ -33,8 +33,9 @@ def _busy(state: AppState, err: QueueFull) -> ApiError:
 async def _prepare_and_queue(request: Request, *, question: str, mode: str, style: str, top_k: int,
                              filters: dict | None, retriever: str | None, model: str | None,
                              adapter: str | None, max_new_tokens: int | None,
-                             on_piece=None) -> tuple[AppState, Prepared, GenJob, float]:
-    """Validate, retrieve, build the prompt and queue the generation; 422/503 on failure."""
+                             on_piece=None, fusion: str = "joint") -> tuple[AppState, Prepared, list[GenJob], float]:
+    """Validate, retrieve, build the prompt(s) and queue the generation(s): one job, or one per
+    source with fusion per-source (then `on_piece` is not used); 422/503 on failure."""
     state = get_state(request)
     batcher = get_batcher(request)
     check_model(state, model)
@@ -49,18 +50,25 @@ async def _prepare_and_queue(request: Request, *, question: str, mode: str, styl
         raise _busy(state, err) from None
     batcher.expect(+1)
     try:
-        prep = await run_in_threadpool(prepare, state, question, mode, style, top_k, filters, retriever)
+        prep = await run_in_threadpool(prepare, state, question, mode, style, top_k, filters, retriever, fusion)
     except BaseException:
         batcher.expect(-1)
         raise
-    job = GenJob(messages=prep.prompt.messages, max_new_tokens=max_new_tokens or state.config.default_max_new_tokens,
-                 adapter=adapter, on_piece=on_piece)
+    limit = max_new_tokens or state.config.default_max_new_tokens
+    if prep.per_source:
+        jobs = [GenJob(messages=p.messages, max_new_tokens=limit, adapter=adapter) for p in prep.per_source]
+    else:
+        jobs = [GenJob(messages=prep.prompt.messages, max_new_tokens=limit, adapter=adapter, on_piece=on_piece)]
     queued_at = time.perf_counter()
-    try:
-        batcher.submit(job, expected=True)
-    except QueueFull as err:
-        raise _busy(state, err) from None
-    return state, prep, job, queued_at
+    for i, job in enumerate(jobs):
+        try:
+            batcher.submit(job, expected=i == 0)
+        except QueueFull as err:
+            for queued in jobs[:i]:  # all or nothing: do not answer from part of the sources
+                queued.cancelled.set()
+                queued.future.cancel()
+            raise _busy(state, err) from None
+    return state, prep, jobs, queued_at
 
 
 async def _await_job(job: GenJob) -> Any:
@@ -126,12 +134,15 @@ async def ask(request: Request, req: S.AskRequest):
     (`{"text": piece}`), then ONE `final` event with the whole answer object
     (sources, cited, timings), or an `error` event.
     """
-    pieces = _Pieces() if req.stream else None
-    state, prep, job, queued_at = await _prepare_and_queue(
+    pieces = _Pieces() if req.stream and req.fusion == "joint" else None
+    state, prep, jobs, queued_at = await _prepare_and_queue(
         request, question=req.question, mode=req.mode, style=req.style, top_k=req.top_k, filters=req.filters,
         retriever=req.retriever, model=req.model, adapter=req.adapter, max_new_tokens=req.max_new_tokens,
-        on_piece=pieces.put if pieces else None)
+        on_piece=pieces.put if pieces else None, fusion=req.fusion)
     model = state.model_name or ""
+    if prep.per_source:
+        return await _per_source(prep, jobs, model, req, state.config.source_temperature, queued_at)
+    job = jobs[0]
     if pieces is None:
         gen = await _await_job(job)
         return answer_object(prep, gen, model, req.adapter, (time.perf_counter() - queued_at) * 1000 - gen.generate_ms)
@@ -147,6 +158,31 @@ async def ask(request: Request, req: S.AskRequest):
             yield _sse("final", answer_object(prep, pieces.generation(), model, req.adapter))
         finally:
             job.cancelled.set()
+
+    return _stream_response(events())
+
+
+async def _per_source(prep: Prepared, jobs: list[GenJob], model: str, req: S.AskRequest, temperature: float,
+                      queued_at: float):
+    """fusion per-source: wait for every source's answer, keep the likeliest (streamed as one piece)."""
+    from ragtune import pipeline
+
+    try:
+        gens = await asyncio.gather(*(_await_job(j) for j in jobs))
+    except BaseException:
+        for j in jobs:
+            j.cancelled.set()
+            j.future.cancel()
+        raise
+    out = pipeline.per_source_answer(prep, list(gens), model, req.adapter, temperature)
+    out["timings"]["queue_ms"] = round(max(0.0, (time.perf_counter() - queued_at) * 1000
+                                           - out["timings"]["generate_ms"]), 2)
+    if not req.stream:
+        return out
+
+    async def events() -> AsyncIterator[str]:
+        yield _sse("token", {"text": out["answer"]})
+        yield _sse("final", out)
 
     return _stream_response(events())
 
@@ -178,9 +214,10 @@ async def chat_completions(request: Request, req: S.ChatRequest):
     question = [m for m in req.messages if m.role == "user"][-1].content.strip()
     max_new = req.max_completion_tokens or req.max_tokens
     pieces = _Pieces() if req.stream else None
-    state, prep, job, _ = await _prepare_and_queue(
+    state, prep, jobs, _ = await _prepare_and_queue(
         request, question=question, mode=req.mode, style=req.style, top_k=req.top_k, filters=req.filters,
         retriever=None, model=None, adapter=req.adapter, max_new_tokens=max_new, on_piece=pieces.put if pieces else None)
+    job = jobs[0]
     limit = job.max_new_tokens
     model = state.model_name or "ragtune"
     cid, created = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())

@@ -84,6 +84,9 @@ class AskRequest(_Strict):
     adapter: str | None = Field(None, min_length=1, max_length=200, description="adapter name from GET /v1/adapters")
     max_new_tokens: int | None = Field(None, ge=1, le=MAX_NEW_TOKENS)
     stream: bool = Field(False, description="Server-Sent Events: `token` events, then one `final` event")
+    fusion: Literal["joint", "per-source"] = Field(
+        "joint", description="rag mode: `joint` (all sources in one prompt) or `per-source` (one prompt per "
+        "source; the answer with the highest p(source) x p(answer | source) wins; streamed as one piece)")
 
     _q = field_validator("question")(_question)
     _f = field_validator("filters")(_filters)
