@@ -41,7 +41,10 @@ def build_results(config, rows: list[dict], meta: dict, split: dict | None = Non
         s["wrong_answer_rate"] = wrong_answer_rate(arm_rows)
         train = arm.get("train") or {}
         s.update(mode=arm.get("mode"), style=arm.get("style"), questions=arm.get("questions", "eval"),
-                 train_kind=train.get("kind"), recipe=train.get("recipe"))
+                 train_kind=train.get("kind"), recipe=train.get("recipe"),
+                 prompt_style=arm.get("prompt_style"), fusion=arm.get("fusion", "joint"))
+        if s["fusion"] == "per-source":
+            s["source_temperature"] = arm.get("source_temperature")
         s.update({k: v for k, v in (meta.get(name) or {}).items() if v is not None})
         arms[name] = s
     return {"arms": arms, "questions": rows, "config": cfg, "split": split or {},
@@ -176,6 +179,15 @@ def _setup_lines(results: dict) -> list[str]:
                          f"({s.get('method') or s.get('recipe') or '?'}, data {s.get('train_kind') or '?'}"
                          + (f", {s['train_steps']} steps" if s.get("train_steps") else "")
                          + (f", trained on {s['train_examples']} examples" if s.get("train_examples") else "") + ").")
+    for name, s in results["arms"].items():
+        if s.get("fusion") == "per-source":
+            lines.append(f"Arm `{name}`: per-source answering (RAG-Sequence): one prompt per retrieved source, the "
+                         "answer with the highest p(source) x p(answer | source) wins, p(source) = softmax(score / "
+                         f"{s.get('source_temperature')}).")
+    walls = [s.get("wall_seconds") for s in results["arms"].values() if s.get("wall_seconds")]
+    if walls:
+        lines.append(f"Time: {sum(walls) / 60:.1f} min over all arms (loading, training and answering; the "
+                     "`wall s` column per arm; models are loaded once and shared).")
     env = results.get("environment", {})
     lines.append(f"Machine: {env.get('cpus', '?')} CPUs, torch threads {env.get('torch_threads', '?')}; "
                  "latency is per question with batched generation (batch time / batch size) plus retrieval; "

@@ -51,11 +51,14 @@ def test_claims_not_measured_without_the_needed_arms():
 def test_report_from_synthetic_results(tmp_path):
     arms = [{"name": "closed-zero-shot", "mode": "closed"}, {"name": "closed-cot", "mode": "closed", "style": "cot"},
             {"name": "rag-zero-shot", "mode": "rag"},
-            {"name": "ft-closed", "mode": "closed", "train": {"recipe": "lora", "kind": "closed"}}]
+            {"name": "ft-closed", "mode": "closed", "train": {"recipe": "lora", "kind": "closed"}},
+            {"name": "rag-per-source", "mode": "rag", "fusion": "per-source", "source_temperature": 0.5}]
     rows = (_rows("closed-zero-shot", 200, 0.1, 1, 100) + _rows("closed-cot", 200, 0.12, 2, 900)
-            + _rows("rag-zero-shot", 200, 0.7, 3, 1500, rag=True) + _rows("ft-closed", 200, 0.2, 4, 90))
+            + _rows("rag-zero-shot", 200, 0.7, 3, 1500, rag=True) + _rows("ft-closed", 200, 0.2, 4, 90)
+            + _rows("rag-per-source", 200, 0.65, 5, 1600, rag=True))
     meta = {"ft-closed": {"adapter": "/x/eval-lora-closed-abc", "method": "lora", "trainable_params": 4400000,
-                          "trainable_pct": 0.88, "train_seconds": 321.0, "wall_seconds": 400.0}}
+                          "trainable_pct": 0.88, "train_seconds": 321.0, "wall_seconds": 400.0},
+            "rag-zero-shot": {"wall_seconds": 200.0}}
     results = build_results(_config(arms), rows, meta, split={"eval_file": "dev.json", "eval_questions": 200})
     a = results["arms"]
     assert a["rag-zero-shot"]["f1"] > a["closed-zero-shot"]["f1"]
@@ -80,6 +83,8 @@ def test_report_from_synthetic_results(tmp_path):
     assert "## Claims from the literature" in md and NOT_MEASURED in md
     assert "eval-lora-closed-abc" in md and "4,400,000" in md
     assert "![quality](quality.png)" in md
+    assert "Time: 10.0 min over all arms" in md  # 400 s + 200 s of arm wall time
+    assert "Arm `rag-per-source`: per-source answering" in md and "score / 0.5" in md
     page = paths["html"].read_text()
     assert page.count("data:image/png;base64,") == 2 and "<table>" in page
 
