@@ -55,7 +55,7 @@ def test_report_from_synthetic_results(tmp_path):
             {"name": "rag-per-source", "mode": "rag", "fusion": "per-source", "source_temperature": 0.5}]
     rows = (_rows("closed-zero-shot", 200, 0.1, 1, 100) + _rows("closed-cot", 200, 0.12, 2, 900)
             + _rows("rag-zero-shot", 200, 0.7, 3, 1500, rag=True) + _rows("ft-closed", 200, 0.2, 4, 90)
-            + _rows("rag-per-source", 200, 0.65, 5, 1600, rag=True))
+            + _rows("rag-per-source", 200, 0.3, 5, 1600, rag=True))
     meta = {"ft-closed": {"adapter": "/x/eval-lora-closed-abc", "method": "lora", "trainable_params": 4400000,
                           "trainable_pct": 0.88, "train_seconds": 321.0, "wall_seconds": 400.0},
             "rag-zero-shot": {"wall_seconds": 200.0}}
