@@ -94,6 +94,9 @@ class ArmConfig:
     highest p(source | question) x p(answer | question, source) wins (FUSIONS)."""
     source_temperature: float = 0.5
     """per-source: p(source | question) = softmax(retrieval score / this)."""
+    abstain: str | None = None
+    """per-source: the reply meaning "this source does not answer" (an adapter trained with
+    `data.negative_target`); such replies lose to any real answer."""
     max_new_tokens: int | None = None
     """None = the config's max_new_tokens (cot arms get cot_max_new_tokens)."""
     adapter: str | None = None

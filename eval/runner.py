@@ -258,7 +258,7 @@ def _answer(arm: ArmConfig, style, built: list[tuple], gens: list) -> dict:
     sources = [p.sources[0] for p, _ in built]
     parsed = [style.parse(g.text) for g in gens]
     cands = [Candidate(p.answer, g.logprob, float(h.score)) for p, g, h in zip(parsed, gens, sources)]
-    best, joint = choose(cands, arm.source_temperature) if cands else (None, [])
+    best, joint = choose(cands, arm.source_temperature, arm.abstain) if cands else (None, [])
     out = {"sources": sources, "included": [h.text for h in sources],
            "prompt_tokens": sum(g.prompt_tokens for g in gens), "new_tokens": sum(g.new_tokens for g in gens),
            "candidates": [{"n": i, "answer": c.answer, "logprob": None if c.logprob is None else round(c.logprob, 4),

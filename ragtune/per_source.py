@@ -45,18 +45,25 @@ def source_prior(scores: Sequence[float], temperature: float) -> list[float]:
     return [w / total for w in weights]
 
 
-def choose(candidates: Sequence[Candidate], temperature: float = 0.5) -> tuple[int, list[float]]:
+def choose(candidates: Sequence[Candidate], temperature: float = 0.5,
+           abstain: str | None = None) -> tuple[int, list[float]]:
     """Index of the winning candidate (the first of its answer group) and every candidate's
-    joint probability p(z) p(answer | z)."""
+    joint probability p(z) p(answer | z).
+
+    `abstain`: the reply meaning "this source does not answer" (an adapter trained to say it,
+    e.g. with the tuner's `data.negative_target`); such candidates only win when every source abstains.
+    """
     if not candidates:
         raise ValueError("no candidates to choose from")
     prior = source_prior([c.score for c in candidates], temperature)
     joint = [p * math.exp(c.logprob if c.logprob is not None else 0.0) for p, c in zip(prior, candidates)]
+    skip = normalize_answer(abstain) if abstain else None
     mass: dict[str, float] = {}
     first: dict[str, int] = {}
     for i, (c, j) in enumerate(zip(candidates, joint)):
         key = normalize_answer(c.answer)
         mass[key] = mass.get(key, 0.0) + j
         first.setdefault(key, i)
-    best = max(mass, key=lambda key: (mass[key], -first[key]))
+    answered = [key for key in mass if key != skip] or list(mass)
+    best = max(answered, key=lambda key: (mass[key], -first[key]))
     return first[best], joint

@@ -222,6 +222,10 @@ def test_choose_pools_equal_answers_and_uses_the_prior():
     cands = [Candidate("A", math.log(0.4), 2.0), Candidate("B", math.log(0.5), 0.0)]
     assert choose(cands, temperature=0.5)[0] == 0
     assert choose(cands, temperature=100.0)[0] == 1
+    # an abstaining reply ("this source does not answer") wins only when every source abstains
+    cands = [Candidate("unanswerable", math.log(0.9), 1.0), Candidate("Paris", math.log(0.2), 0.0)]
+    assert choose(cands, abstain="Unanswerable.")[0] == 1 and choose(cands)[0] == 0
+    assert choose(cands[:1], abstain="unanswerable")[0] == 0
     # no log-probability (model.generate fallback): the prior decides
     assert choose([Candidate("A", None, 0.1), Candidate("B", None, 0.9)])[0] == 1
     with pytest.raises(ValueError):

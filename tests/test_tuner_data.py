@@ -55,6 +55,19 @@ def test_raft_gold_share_and_citation():
         assert ex.meta["n_sources"] == 3
 
 
+def test_raft_negative_target_for_examples_without_the_gold_source():
+    rows = tiny_qa_rows(60, seed=2)
+    exs = raft_examples(rows, k=1, p_gold=0.6, seed=3, negative_target="unanswerable")
+    for ex, row in zip(exs, rows):
+        if ex.meta["gold_position"]:
+            assert ex.target == f"{row.answers[0]} [1]" and row.context in ex.messages[-1]["content"]
+        else:
+            assert ex.target == "unanswerable" and row.context not in ex.messages[-1]["content"]
+    assert {e.target for e in exs if not e.meta["gold_position"]} == {"unanswerable"}
+    cfg = DataConfig(format="raft", k=1, p_gold=0.6, seed=3, negative_target="unanswerable")
+    assert [e.target for e in build_examples(rows, cfg, max_seq_len=4096)] == [e.target for e in exs]
+
+
 def test_raft_prompt_matches_inference_style():
     from retriever.prompts import Hit, get_style
 

@@ -244,6 +244,9 @@ class DataConfig:
     """raft: share of examples whose sources include the gold passage (the rest: distractors only)."""
     cot: bool = False
     """raft: target = short reasoning quoting the source, then the answer."""
+    negative_target: str = ""
+    """raft: the target of examples without the gold source ("" = the answer anyway, as RAFT does; a
+    text such as "unanswerable" teaches the model to say so, for per-source answering)."""
     prompt_style: str = "auto"
     """Prompt style name from retriever.prompts (auto = closed-zero-shot / rag-zero-shot)."""
     val_fraction: float = 0.1

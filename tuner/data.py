@@ -128,7 +128,7 @@ def _is_gold(text: str, ex) -> bool:
 
 def raft_examples(rows: Sequence[Any], search: Any = None, *, k: int = 3, p_gold: float = 0.8,
                   cot: bool = False, style: str | None = None, seed: int = 0, tokenizer=None,
-                  context_budget: int | None = None) -> list[ChatExample]:
+                  context_budget: int | None = None, negative_target: str = "") -> list[ChatExample]:
     """Question + k numbered sources -> answer citing the gold source's number.
 
     Args:
@@ -138,6 +138,7 @@ def raft_examples(rows: Sequence[Any], search: Any = None, *, k: int = 3, p_gold
             not used as distractors.
         p_gold: share of examples that include the gold passage.
         cot: target = a quoted evidence sentence with its citation, then "Answer: ... [n]".
+        negative_target: target of the examples without the gold passage ("" = the answer anyway).
     """
     from retriever.prompts import Hit, answer_sentence, get_style
 
@@ -160,7 +161,9 @@ def raft_examples(rows: Sequence[Any], search: Any = None, *, k: int = 3, p_gold
         else:
             sources, pos, cite = distractors[:k], -1, ""
         prompt = st.build(ex.question, sources, tokenizer=tokenizer, context_budget=context_budget)
-        if st.cot:
+        if not with_gold and negative_target:
+            target = negative_target
+        elif st.cot:
             if with_gold:
                 fact = answer_sentence(ex.context, answer) or answer
                 target = f"{st.cot_example_reasoning.format(evidence=fact)}{cite}\nAnswer: {answer}{cite}"
@@ -202,7 +205,8 @@ def build_examples(rows: Sequence[Any], data_cfg, search: Any = None, tokenizer=
     if data_cfg.format == "raft":
         budget = max(64, max_seq_len - 160)  # leave room for the question, wording and answer
         return raft_examples(rows, search, k=data_cfg.k, p_gold=data_cfg.p_gold, cot=data_cfg.cot, style=style,
-                             seed=data_cfg.seed, tokenizer=tokenizer, context_budget=budget)
+                             seed=data_cfg.seed, tokenizer=tokenizer, context_budget=budget,
+                             negative_target=data_cfg.negative_target)
     texts = list(dict.fromkeys(r.context for r in rows if r.context))
     if not texts:
         raise ValueError("inject needs passages: rows with a 'context'")
