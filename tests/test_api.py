@@ -293,6 +293,8 @@ def test_ask_per_source_answers_each_source_and_cites_the_winner(client, state):
     err = _error(client.post("/v1/ask", json={**body, "mode": "closed-book"}), 422)
     assert "per-source needs mode 'rag'" in err["message"]
     _error(client.post("/v1/ask", json={**body, "fusion": "vote"}), 422)
+    err = _error(client.post("/v1/ask", json={**body, "top_k": state.batcher.queue_size + 1}), 422)
+    assert "top_k must be <=" in err["message"]
 
 
 def test_openai_chat_completions(client, state):

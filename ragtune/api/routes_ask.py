@@ -41,6 +41,9 @@ async def _prepare_and_queue(request: Request, *, question: str, mode: str, styl
     check_model(state, model)
     if max_new_tokens is not None and max_new_tokens > state.config.max_new_tokens_cap:
         raise invalid(f"max_new_tokens must be <= {state.config.max_new_tokens_cap} on this server", "max_new_tokens")
+    if fusion == "per-source" and top_k > batcher.queue_size:
+        raise invalid(f"fusion per-source asks once per source: top_k must be <= {batcher.queue_size} "
+                      "(the generation queue size) on this server", "top_k")
     if adapter is not None:
         check_admin(request.app.state.config, request.headers.get("authorization"))
         await run_in_threadpool(check_adapter, state, adapter)
