@@ -131,7 +131,10 @@ def prepare(config: EvalConfig, out_dir: Path, cache_dir: Path, log=print) -> Ru
     if not st.questions:
         raise ValueError(f"{data_path}: no questions with answers")
     chosen = {q.id for q in st.questions}
-    st.heldout = [e for e in examples if e.id not in chosen and any(a.strip() for a in e.answers)]
+    heldout = [e for e in examples if e.id not in chosen and any(a.strip() for a in e.answers)]
+    # SQuAD asks some questions twice (other ids, same text): those stay out of the held-apart set
+    same_text = set(find_leaks(st.questions, heldout))
+    st.heldout = [e for e in heldout if e.id not in same_text]
     st.split = {"eval_file": str(data_path), "eval_questions": len(st.questions), "sample": config.sample,
                 "seed": config.seed}
     if config.pool_data:

@@ -260,3 +260,26 @@ def test_forgetting_set_takes_duplicate_questions_out_of_the_pool(world, tmp_pat
         st = prepare(cfg, tmp_path, tmp_path)
         texts = {q.question for q in st.disjoint}
         assert not texts & {q.question for q in st.pool}
+
+
+def test_heldout_training_questions_never_repeat_an_evaluated_question(world, tmp_path):
+    """SQuAD asks some questions twice under other ids: the held-apart (knowledge-injection) set
+    must drop the copy of an evaluated question, so the leakage guard never stops a run."""
+    from eval.adapters import training_rows
+    from eval.runner import prepare
+
+    data = {"Paris": ARTICLES["Paris"] + [("Paris hosts the French government. It is the capital of France.",
+                                           [("Which city is the capital of France?", "Paris")])]}
+    path = write_squad(tmp_path / "dup.json", data, "d")
+    arm = {"name": "ft-closed", "mode": "closed", "train": {"recipe": "lora", "kind": "closed", "data": "heldout"}}
+    cfg = _config(world, [arm], data=str(path), limit=2)
+    seen_split = False
+    for seed in range(20):  # some seeds evaluate one copy of the repeated question and hold the other
+        cfg.seed = seed
+        st = prepare(cfg, tmp_path, tmp_path)
+        asked = {q.question for q in st.questions}
+        assert not asked & {q.question for q in st.heldout}
+        rows = training_rows(st, cfg.arms[0])  # raised "evaluation question(s) also appear" before
+        assert rows and not asked & {r.question for r in rows}
+        seen_split |= "Which city is the capital of France?" in asked
+    assert seen_split
