@@ -12,6 +12,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ragtune.per_source import FUSIONS
+
 MODES = ("closed", "rag", "gold")
 """closed: no context; rag: retrieved sources; gold: the question's own paragraph (ceiling)."""
 STYLES = ("zero-shot", "few-shot", "cot")
@@ -19,7 +21,6 @@ TRAIN_KINDS = ("raft", "closed", "inject")
 """Training data for an adapter arm (the tuner's data.format): RAFT-style (question + retrieved
 chunks -> cited answer), closed-book question -> answer, or knowledge injection (causal LM on passages)."""
 QUESTION_SETS = ("eval", "disjoint")
-FUSIONS = ("joint", "per-source")
 """How a rag arm reads its k sources: all in one prompt (joint), or one prompt per source with the
 answers scored like RAG-Sequence (Lewis et al., 2020): p(source) x p(answer | source), see ragtune.per_source."""
 RETRIEVERS = ("dense", "bm25", "hybrid")

@@ -256,23 +256,20 @@ def _answer(arm: ArmConfig, style, built: list[tuple], gens: list) -> dict:
         parsed = style.parse(gen.text)
         return {"parsed": parsed, "raw": gen.text, "sources": list(prompt.sources), "included": included,
                 "cited": parsed.cited, "prompt_tokens": gen.prompt_tokens, "new_tokens": gen.new_tokens}
-    from ragtune.per_source import Candidate, choose
-
     sources = [p.sources[0] for p, _ in built]
-    parsed = [style.parse(g.text) for g in gens]
-    cands = [Candidate(p.answer, g.logprob, float(h.score)) for p, g, h in zip(parsed, gens, sources)]
-    best, joint = choose(cands, arm.source_temperature, arm.abstain) if cands else (None, [])
     out = {"sources": sources, "included": [h.text for h in sources],
-           "prompt_tokens": sum(g.prompt_tokens for g in gens), "new_tokens": sum(g.new_tokens for g in gens),
-           "candidates": [{"n": i, "answer": c.answer, "logprob": None if c.logprob is None else round(c.logprob, 4),
-                           "p": round(j, 6)} for i, (c, j) in enumerate(zip(cands, joint), 1)]}
-    if best is None:  # no source at all: nothing to answer from
+           "prompt_tokens": sum(g.prompt_tokens for g in gens), "new_tokens": sum(g.new_tokens for g in gens)}
+    if not gens:  # no source at all: nothing to answer from
         from retriever.answer import ParsedAnswer
 
-        out.update(parsed=ParsedAnswer(answer="", cited=[]), raw="", cited=[])
-    else:
-        # the answer comes from one source: that is the one it cites
-        out.update(parsed=parsed[best], raw=gens[best].text, cited=[best + 1])
+        out.update(parsed=ParsedAnswer(answer="", cited=[]), raw="", cited=[], candidates=[])
+        return out
+    from ragtune.per_source import answer_per_source
+
+    pick = answer_per_source(style, gens, sources, arm.source_temperature, arm.abstain)
+    # the answer comes from one source: that is the one it cites
+    out.update(parsed=pick.parsed[pick.best], raw=gens[pick.best].text, cited=[pick.best + 1],
+               candidates=pick.candidates)
     return out
 
 

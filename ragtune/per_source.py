@@ -23,6 +23,9 @@ from dataclasses import dataclass
 
 from ragtune.qadata import normalize_answer
 
+FUSIONS = ("joint", "per-source")
+"""How a RAG answer uses its k sources: all in one prompt, or one prompt per source (this module)."""
+
 
 @dataclass
 class Candidate:
@@ -67,3 +70,27 @@ def choose(candidates: Sequence[Candidate], temperature: float = 0.5,
     answered = [key for key in mass if key != skip] or list(mass)
     best = max(answered, key=lambda key: (mass[key], -first[key]))
     return first[best], joint
+
+
+@dataclass
+class SourceChoice:
+    """The outcome of asking one question once per source."""
+
+    best: int
+    """Index of the winning source (its reply is the answer, and the one source it cites)."""
+    parsed: list
+    """Each source's parsed reply (`style.parse`)."""
+    candidates: list[dict]
+    """Every source's answer, log-probability and joint probability (1-based `n`), for the answer object."""
+
+
+def answer_per_source(style, gens: Sequence, sources: Sequence, temperature: float = 0.5,
+                      abstain: str | None = None) -> SourceChoice:
+    """Parse each source's generation (`gens[i]` answered from `sources[i]` alone, a retriever hit
+    with a `score`) and choose among them."""
+    parsed = [style.parse(g.text) for g in gens]
+    cands = [Candidate(p.answer, g.logprob, float(h.score)) for p, g, h in zip(parsed, gens, sources)]
+    best, joint = choose(cands, temperature, abstain)
+    rows = [{"n": i, "answer": c.answer, "logprob": None if c.logprob is None else round(c.logprob, 4),
+             "p": round(j, 6)} for i, (c, j) in enumerate(zip(cands, joint), 1)]
+    return SourceChoice(best, parsed, rows)

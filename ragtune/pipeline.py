@@ -14,9 +14,10 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from ragtune.per_source import FUSIONS
+
 MODES = {"rag": "rag", "closed-book": "closed", "closed": "closed"}
 STYLE_KINDS = ("zero-shot", "few-shot", "cot")
-FUSIONS = ("joint", "per-source")
 _DEFAULT = "__generator_default__"
 
 # A small built-in few-shot pool (written for ragtune, not taken from any evaluation set), used
@@ -178,16 +179,12 @@ def per_source_answer(prepared: Prepared, gens: list, model: str, adapter: str |
                       temperature: float = 0.5) -> dict:
     """The answer object when every source was asked alone (`gens[i]` answers `prepared.per_source[i]`):
     the winning reply, citing its source, and every candidate with its probability."""
-    from ragtune.per_source import Candidate, choose
+    from ragtune.per_source import answer_per_source
 
-    parsed = [prepared.style.parse(g.text) for g in gens]
-    hits = [p.sources[0] for p in prepared.per_source]
-    cands = [Candidate(p.answer, g.logprob, float(h.score)) for p, g, h in zip(parsed, gens, hits)]
-    best, joint = choose(cands, temperature)
+    pick = answer_per_source(prepared.style, gens, [p.sources[0] for p in prepared.per_source], temperature)
+    best, parsed = pick.best, pick.parsed
     out = answer_object(prepared, gens[best], model, adapter)
-    out.update(answer=parsed[best].answer, cited=[best + 1], fusion="per-source",
-               candidates=[{"n": i, "answer": c.answer, "logprob": None if c.logprob is None else round(c.logprob, 4),
-                            "p": round(j, 6)} for i, (c, j) in enumerate(zip(cands, joint), 1)])
+    out.update(answer=parsed[best].answer, cited=[best + 1], fusion="per-source", candidates=pick.candidates)
     if prepared.style.cot:
         out["reasoning"] = parsed[best].reasoning
     t = out["timings"]
