@@ -14,7 +14,7 @@ ARMS = [{"name": "closed", "mode": "closed"}, {"name": "rag", "mode": "rag", "st
 
 
 def test_shipped_configs_load():
-    for name in ("quick", "squad"):
+    for name in ("quick", "squad", "squad-ablations"):
         cfg = load_config(ROOT / "eval" / "configs" / f"{name}.yaml")
         assert cfg.arms and len({a.name for a in cfg.arms}) == len(cfg.arms)
         assert cfg.path(cfg.data).name == "squad-dev-v1.1.json.gz"
