@@ -21,8 +21,7 @@ TRAIN_KINDS = ("raft", "closed", "inject")
 """Training data for an adapter arm (the tuner's data.format): RAFT-style (question + retrieved
 chunks -> cited answer), closed-book question -> answer, or knowledge injection (causal LM on passages)."""
 QUESTION_SETS = ("eval", "disjoint")
-"""How a rag arm reads its k sources: all in one prompt (joint), or one prompt per source with the
-answers scored like RAG-Sequence (Lewis et al., 2020): p(source) x p(answer | source), see ragtune.per_source."""
+"""eval: the sampled evaluation questions; disjoint: the held-out forgetting set."""
 RETRIEVERS = ("dense", "bm25", "hybrid")
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 

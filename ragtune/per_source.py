@@ -24,7 +24,8 @@ from dataclasses import dataclass
 from ragtune.qadata import normalize_answer
 
 FUSIONS = ("joint", "per-source")
-"""How a RAG answer uses its k sources: all in one prompt, or one prompt per source (this module)."""
+"""How a RAG answer reads its k sources: all in one prompt (joint), or one prompt per source with the
+answers scored like RAG-Sequence, p(source) x p(answer | source) (this module)."""
 
 
 @dataclass
