@@ -97,6 +97,10 @@ class ArmConfig:
     abstain: str | None = None
     """per-source: the reply meaning "this source does not answer" (an adapter trained with
     `data.negative_target`); such replies lose to any real answer."""
+    early_exit: bool = True
+    """per-source: ask the sources best first and stop once no unasked source could change the winner
+    (the same answers as asking all k, at lower cost); false = ask all k (complete candidate lists,
+    e.g. to choose source_temperature)."""
     max_new_tokens: int | None = None
     """None = the config's max_new_tokens (cot arms get cot_max_new_tokens)."""
     adapter: str | None = None
@@ -129,6 +133,8 @@ class ArmConfig:
             raise ValueError(f"arm {self.name}: fusion per-source needs mode rag")
         if not isinstance(self.source_temperature, (int, float)) or not self.source_temperature > 0:
             raise ValueError(f"arm {self.name}: source_temperature must be > 0, got {self.source_temperature!r}")
+        if not isinstance(self.early_exit, bool):
+            raise ValueError(f"arm {self.name}: early_exit must be true or false, got {self.early_exit!r}")
         if self.questions not in QUESTION_SETS:
             raise ValueError(f"arm {self.name}: questions must be one of {', '.join(QUESTION_SETS)}")
         if isinstance(self.train, dict):

@@ -18,6 +18,7 @@ from eval.config import ArmConfig, EvalConfig
 from eval.data import (Corpus, build_corpus_index, check_no_leak, find_leaks, load_questions, pick_shots,
                        prepare_corpus, sample_questions)
 from eval.scoring import score_row
+from ragtune.per_source import ask_per_source
 
 ROWS_FILE = "results.jsonl"
 ARMS_FILE = "arms.json"
@@ -257,9 +258,10 @@ def _answer(arm: ArmConfig, style, built: list[tuple], gens: list) -> dict:
         return {"parsed": parsed, "raw": gen.text, "sources": list(prompt.sources), "included": included,
                 "cited": parsed.cited, "prompt_tokens": gen.prompt_tokens, "new_tokens": gen.new_tokens}
     sources = [p.sources[0] for p, _ in built]
+    asked = [g for g in gens if g is not None]  # the early exit may leave sources unasked
     out = {"sources": sources, "included": [h.text for h in sources],
-           "prompt_tokens": sum(g.prompt_tokens for g in gens), "new_tokens": sum(g.new_tokens for g in gens)}
-    if not gens:  # no source at all: nothing to answer from
+           "prompt_tokens": sum(g.prompt_tokens for g in asked), "new_tokens": sum(g.new_tokens for g in asked)}
+    if not asked:  # no source at all: nothing to answer from
         from retriever.answer import ParsedAnswer
 
         out.update(parsed=ParsedAnswer(answer="", cited=[]), raw="", cited=[], candidates=[])
@@ -288,14 +290,18 @@ def run_arm(st: RunState, arm: ArmConfig, done: set, progress=None) -> list[dict
         else:
             hits_list, ret_ms = [None] * len(batch), [0.0] * len(batch)
         built = [_prompt_for(st, arm, style, q, h) for q, h in zip(batch, hits_list)]
-        flat = [p.messages for b in built for p, _ in b]
         t0 = time.perf_counter()
-        gens = st.generator.generate(flat, max_new_tokens=max_new) if flat else []
+        # per-source arms ask sources best first and stop once the winner is settled (exact early
+        # exit, ragtune.per_source); other arms have one prompt per question: one batched call either way
+        gens = ask_per_source(lambda prompts: st.generator.generate(prompts, max_new_tokens=max_new),
+                              [[p.messages for p, _ in b] for b in built],
+                              [[float(p.sources[0].score) if p.sources else 0.0 for p, _ in b] for b in built],
+                              lambda text: style.parse(text).answer, arm.source_temperature, arm.abstain,
+                              early_exit=arm.fusion == "per-source" and arm.early_exit)
         gen_ms = (time.perf_counter() - t0) * 1000 / len(batch)
-        rows, at = [], 0
-        for q, hits, b, rms in zip(batch, hits_list, built, ret_ms):
-            ans = _answer(arm, style, b, gens[at:at + len(b)])
-            at += len(b)
+        rows = []
+        for q, hits, b, g, rms in zip(batch, hits_list, built, gens, ret_ms):
+            ans = _answer(arm, style, b, g)
             parsed, included = ans["parsed"], ans["included"]
             passages = [st.corpus.passage_of(h.source) for h in hits] if hits is not None else None
             row = {"arm": arm.name, "qid": q.id, "question": q.question, "answers": list(q.answers),

@@ -68,6 +68,9 @@ class AskOptions:
     answer with the highest p(source) x p(answer | source) wins, see ragtune.per_source)."""
     source_temperature: float = 0.5
     """per-source: p(source) = softmax(retrieval score / this)."""
+    early_exit: bool = True
+    """per-source: ask the sources best first and stop once the winner is settled (the same answer
+    as asking all k, see ragtune.per_source.ask_per_source); False: ask every source."""
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -176,9 +179,10 @@ def answer_object(prepared: Prepared, gen: Any, model: str, adapter: str | None)
 
 
 def per_source_answer(prepared: Prepared, gens: list, model: str, adapter: str | None,
-                      temperature: float = 0.5) -> dict:
-    """The answer object when every source was asked alone (`gens[i]` answers `prepared.per_source[i]`):
-    the winning reply, citing its source, and every candidate with its probability."""
+                      temperature: float = 0.5, generate_ms: float | None = None) -> dict:
+    """The answer object when each source was asked alone (`gens[i]` answers `prepared.per_source[i]`,
+    None if the early exit left it unasked): the winning reply, citing its source, and every candidate
+    with its probability. `generate_ms`: the generation wall time (default: the slowest generation's)."""
     from ragtune.per_source import answer_per_source
 
     pick = answer_per_source(prepared.style, gens, [p.sources[0] for p in prepared.per_source], temperature)
@@ -187,11 +191,14 @@ def per_source_answer(prepared: Prepared, gens: list, model: str, adapter: str |
     out.update(answer=parsed[best].answer, cited=[best + 1], fusion="per-source", candidates=pick.candidates)
     if prepared.style.cot:
         out["reasoning"] = parsed[best].reasoning
+    asked = [g for g in gens if g is not None]
     t = out["timings"]
-    t["prompt_tokens"] = sum(int(g.prompt_tokens) for g in gens)
-    t["new_tokens"] = sum(int(g.new_tokens) for g in gens)
-    t["first_token_ms"] = round(min(float(g.first_token_ms or 0.0) for g in gens), 2)
-    t["generate_ms"] = round(max(float(g.generate_ms or 0.0) for g in gens), 2)
+    t["prompt_tokens"] = sum(int(g.prompt_tokens) for g in asked)
+    t["new_tokens"] = sum(int(g.new_tokens) for g in asked)
+    t["first_token_ms"] = round(min(float(g.first_token_ms or 0.0) for g in asked), 2)
+    if generate_ms is None:  # all sources in one batched call: the slowest row's time
+        generate_ms = max(float(g.generate_ms or 0.0) for g in asked)
+    t["generate_ms"] = round(generate_ms, 2)
     t["tokens_per_s"] = round(t["new_tokens"] / (t["generate_ms"] / 1000), 2) if t["generate_ms"] > 0 else 0.0
     return out
 
@@ -209,8 +216,16 @@ def ask(question: str, generator: Any, options: AskOptions | None = None, search
     if options.adapter != _DEFAULT:
         kwargs["adapter"] = options.adapter
     if prepared.per_source:
-        gens = generator.generate([p.messages for p in prepared.per_source], **kwargs)
-        out = per_source_answer(prepared, gens, generator.name, gens[0].adapter, options.source_temperature)
+        from ragtune.per_source import ask_per_source
+
+        t0 = time.perf_counter()
+        gens = ask_per_source(lambda prompts: generator.generate(prompts, **kwargs),
+                              [[p.messages for p in prepared.per_source]],
+                              [[float(p.sources[0].score) for p in prepared.per_source]],
+                              lambda text: prepared.style.parse(text).answer, options.source_temperature,
+                              early_exit=options.early_exit)[0]
+        out = per_source_answer(prepared, gens, generator.name, gens[0].adapter, options.source_temperature,
+                                generate_ms=(time.perf_counter() - t0) * 1000)
         if on_piece is not None:
             on_piece(out["answer"])
         return out

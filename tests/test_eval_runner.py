@@ -190,7 +190,8 @@ def test_per_source_arm_answers_each_source_and_picks_by_joint_probability(world
     from eval.metrics import normalize_answer
     from eval.runner import ROWS_FILE, run_eval
 
-    arms = [{"name": "rag-per-source", "mode": "rag", "fusion": "per-source", "source_temperature": 0.5}]
+    arms = [{"name": "rag-per-source", "mode": "rag", "fusion": "per-source", "source_temperature": 0.5,
+             "early_exit": False}]
     run_eval(_config(world, arms), tmp_path / "out", models_dir=world["base"], log=lambda m: None)
     rows = [json.loads(line) for line in (tmp_path / "out" / ROWS_FILE).read_text().splitlines()]
     assert len(rows) == 6
@@ -208,6 +209,69 @@ def test_per_source_arm_answers_each_source_and_picks_by_joint_probability(world
         chosen = r["cited"][0]
         assert normalize_answer(cands[chosen - 1]["answer"]) == normalize_answer(r["prediction"])
         assert r["prompt_tokens"] > 0
+
+
+def test_per_source_early_exit_gives_the_same_answers_for_fewer_prompts(world, tmp_path):
+    """With a peaked source prior the top source alone settles most questions: the early-exit arm asks
+    fewer prompts, yet its predictions and citations equal those of the arm that asks every source."""
+    from eval.runner import ROWS_FILE, run_eval
+
+    arms = [{"name": f"ps-{mode}", "mode": "rag", "fusion": "per-source", "source_temperature": 0.05,
+             "early_exit": mode == "exit"} for mode in ("all", "exit")]
+    run_eval(_config(world, arms), tmp_path / "out", models_dir=world["base"], log=lambda m: None)
+    rows = [json.loads(line) for line in (tmp_path / "out" / ROWS_FILE).read_text().splitlines()]
+    full = {r["qid"]: r for r in rows if r["arm"] == "ps-all"}
+    fast = {r["qid"]: r for r in rows if r["arm"] == "ps-exit"}
+    assert set(full) == set(fast) and len(full) == 6
+    for qid, r in fast.items():
+        assert (r["prediction"], r["cited"]) == (full[qid]["prediction"], full[qid]["cited"])
+        asked = [c for c in r["candidates"] if c.get("asked", True)]
+        assert asked == full[qid]["candidates"][:len(asked)]  # the sources asked, in order, same replies
+        assert r["prompt_tokens"] <= full[qid]["prompt_tokens"]
+    skipped = sum(1 for r in fast.values() for c in r["candidates"] if c.get("asked") is False)
+    assert skipped > 0 and sum(r["prompt_tokens"] for r in fast.values()) < sum(r["prompt_tokens"] for r in full.values())
+
+
+def test_staged_per_source_answering_always_picks_what_asking_every_source_picks():
+    """The early exit is exact: on random replies, scores, temperatures and abstentions, the staged
+    rounds end with the same winner as `choose` over every source, and ask fewer prompts overall."""
+    import random
+    from types import SimpleNamespace
+
+    from ragtune.per_source import Candidate, ask_per_source, choose
+
+    rng = random.Random(0)
+    asked_total = full_total = 0
+    for trial in range(400):
+        questions = []
+        for _ in range(rng.randint(1, 4)):
+            k = rng.randint(1, 5)
+            replies = [SimpleNamespace(text=rng.choice(["Paris", "paris.", "Lyon", "1889", "unanswerable"]),
+                                       logprob=math.log(rng.uniform(0.01, 1.0)) if rng.random() > 0.1 else None)
+                       for _ in range(k)]
+            scores = sorted((rng.uniform(-2, 3) for _ in range(k)), reverse=rng.random() < 0.8)
+            questions.append((replies, scores))
+        temperature = rng.choice([0.05, 0.2, 0.5, 2.0])
+        abstain = rng.choice([None, "unanswerable"])
+        by_prompt = {id(r): r for replies, _ in questions for r in replies}
+        calls = []
+
+        def generate(prompts):
+            calls.append(len(prompts))
+            return [by_prompt[p] for p in prompts]
+
+        gens = ask_per_source(generate, [[id(r) for r in replies] for replies, _ in questions],
+                              [s for _, s in questions], lambda text: text, temperature, abstain)
+        for (replies, scores), got in zip(questions, gens):
+            assert got[0] is replies[0] and all(g is None or g is r for g, r in zip(got, replies))
+            staged = [Candidate(None if g is None else g.text, None if g is None else g.logprob, s)
+                      for g, s in zip(got, scores)]
+            everything = [Candidate(r.text, r.logprob, s) for r, s in zip(replies, scores)]
+            assert choose(staged, temperature, abstain)[0] == choose(everything, temperature, abstain)[0]
+            asked_total += sum(g is not None for g in got)
+            full_total += len(replies)
+        assert sum(calls) == sum(g is not None for got in gens for g in got)
+    assert asked_total < full_total
 
 
 def test_choose_pools_equal_answers_and_uses_the_prior():

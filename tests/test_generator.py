@@ -483,7 +483,7 @@ def test_ask_per_source_asks_each_source_alone_and_keeps_the_likeliest(gen):
 
     texts = ["The Eiffel Tower was finished in 1889.", "The Louvre holds the Mona Lisa.", "The Nile flows north."]
     searcher = FakeSearcher(texts)
-    opts = AskOptions(k=3, max_new_tokens=6, fusion="per-source")
+    opts = AskOptions(k=3, max_new_tokens=6, fusion="per-source", early_exit=False)
     pieces: list[str] = []
     out = ask("When was the Eiffel Tower finished?", gen, opts, searcher=searcher, on_piece=pieces.append)
     prepared = prepare("When was the Eiffel Tower finished?", opts, searcher=searcher, tokenizer=gen.tokenizer)
@@ -496,6 +496,17 @@ def test_ask_per_source_asks_each_source_alone_and_keeps_the_likeliest(gen):
     assert len(out["sources"]) == 3 and out["fusion"] == "per-source" and len(out["cited"]) == 1
     assert out["answer"] == out["candidates"][out["cited"][0] - 1]["answer"] and pieces == [out["answer"]]
     assert out["timings"]["prompt_tokens"] == sum(g.prompt_tokens for g in alone)
+    # the early exit (default) answers and cites the same, asking only the sources that could matter
+    for temperature in (0.5, 0.05):
+        every = ask("When was the Eiffel Tower finished?", gen, AskOptions(
+            k=3, max_new_tokens=6, fusion="per-source", early_exit=False, source_temperature=temperature),
+            searcher=searcher)
+        fast = ask("When was the Eiffel Tower finished?", gen, AskOptions(
+            k=3, max_new_tokens=6, fusion="per-source", source_temperature=temperature), searcher=searcher)
+        assert (fast["answer"], fast["cited"]) == (every["answer"], every["cited"])
+        asked = [c for c in fast["candidates"] if c.get("asked", True)]
+        assert asked == every["candidates"][:len(asked)]
+        assert fast["timings"]["prompt_tokens"] == sum(g.prompt_tokens for g in alone[:len(asked)])
     with pytest.raises(ValueError, match="needs rag mode"):
         AskOptions(mode="closed-book", fusion="per-source")
     with pytest.raises(ValueError, match="fusion must be one of"):
