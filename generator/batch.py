@@ -8,6 +8,11 @@ weights, so it costs about the same for 1 row as for 16. So every prompt is pref
 decode step then serves every row at once. A row leaves as soon as it stops, and a new
 prompt can join between two steps (`add`), so the batch stays full while work is waiting.
 
+Prompts usually start alike (the chat template and the style's system message: ~45 tokens of a
+~250-token per-source RAG prompt): a prompt whose first `MIN_SHARED_PREFIX` or more tokens equal
+those of the previous prompt prefilled in this batch reuses that prompt's KV for them and
+prefills only the rest.
+
 Greedy results equal plain `model.generate` on each prompt alone up to float rounding
 (tests compare them exactly in fp32). Sampling and the repetition penalty are applied per
 row by transformers' logits processors.
@@ -76,6 +81,19 @@ def logits_processors(cfg: GenConfig):
     return procs
 
 
+MIN_SHARED_PREFIX = 16
+"""Reuse the previous prompt's KV when at least this many leading tokens are the same."""
+
+
+def shared_prefix(a: list[int], b: list[int]) -> int:
+    """Length of the common leading run of two token lists."""
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
+
+
 class Unsupported(Exception):
     """The model's cache is not a plain per-layer KV cache (sliding window, hybrid...): use model.generate."""
 
@@ -115,6 +133,9 @@ class DecodeBatch:
         self.position = None  # [rows]: position id of each row's next token
         self.token = None  # [rows]: each row's chosen, not yet recorded, next token
         self.token_logprob = None  # [rows]: its log-probability
+        self._last: tuple[list[int], list] | None = None  # the last prompt prefilled and its per-layer (K, V)
+        self.reused_tokens = 0
+        """Prompt tokens whose KV came from an earlier prompt instead of a prefill (for benchmarks)."""
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -133,11 +154,25 @@ class DecodeBatch:
         row = _Row(tag=tag, prompt=list(prompt), limit=max_new_tokens or self.cfg.max_new_tokens,
                    started=time.perf_counter())
         ids = torch.tensor([prompt], dtype=torch.long, device=self.device)
-        out = self.model(input_ids=ids, use_cache=True, logits_to_keep=1)
+        # the leading tokens this prompt shares with the previous one (at least one token is prefilled)
+        reuse = shared_prefix(self._last[0], prompt[:-1]) if self._last is not None else 0
+        if reuse >= MIN_SHARED_PREFIX:
+            from transformers import DynamicCache
+
+            past = DynamicCache()
+            for i, (k, v) in enumerate(self._last[1]):
+                past.update(k[:, :, :reuse], v[:, :, :reuse], i)
+            out = self.model(input_ids=ids[:, reuse:], use_cache=True, logits_to_keep=1,
+                             **{self._cache_key: past})
+            self.reused_tokens += reuse
+        else:
+            out = self.model(input_ids=ids, use_cache=True, logits_to_keep=1)
         cache = out.cache if getattr(out, "cache", None) is not None else out.past_key_values
         layers = getattr(cache, "layers", None)
         if not layers or any(type(layer).__name__ != "DynamicLayer" for layer in layers):
             raise Unsupported(f"cache layers {sorted({type(x).__name__ for x in layers or []})} are not plain KV")
+        # kept as they are now: later steps replace a layer's tensors (torch.cat), never write into them
+        self._last = (list(prompt), [(layer.keys, layer.values) for layer in layers])
         first, first_lp = self._choose(out.logits[:, -1, :], ids)
         row.first_ms = (time.perf_counter() - row.started) * 1000
         length = len(prompt)

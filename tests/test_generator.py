@@ -8,6 +8,7 @@ batched and sequential greedy decoding agree exactly.
 from __future__ import annotations
 
 import json
+import os
 import threading
 from pathlib import Path
 
@@ -175,6 +176,36 @@ def test_split_prefill_batch_matches_transformers_generate(gen, penalty):
             new, reason = gen._finish(ref[0, ids.shape[1]:].tolist())
             assert (b.text, b.new_tokens, b.finish_reason) == (
                 gen.tokenizer.decode(new, skip_special_tokens=True), len(new), reason)
+
+
+def test_prompts_sharing_a_prefix_reuse_its_kv_and_answer_as_alone(gen):
+    """Prompts starting alike (same system message) prefill only what follows the shared tokens;
+    answers and log-probabilities equal plain `model.generate` / teacher forcing on each prompt alone."""
+    from generator.batch import MIN_SHARED_PREFIX, DecodeBatch
+
+    system = {"role": "system", "content": "Answer the question with the shortest span copied from the source. "
+                                           "Reply with the answer only, no sentence, no explanation."}
+    prompts = [[system, {"role": "user", "content": q}] for q in
+               ("Sources:\n[1] The Eiffel Tower was finished in 1889.\n\nQuestion: When?", "What is two plus two?",
+                "Name a river in Europe.")]
+    encoded = [gen.encode(p) for p in prompts]
+    batch = DecodeBatch(gen.model, gen.stop_ids, gen.config.replace(max_new_tokens=8), gen.pad_id)
+    done = {}
+    with torch.inference_mode():
+        for i, ids in enumerate(encoded):
+            batch.add(ids, tag=i)
+        while len(batch):
+            for fin in batch.step():
+                done[fin.tag] = fin
+    shared = [len(os.path.commonprefix([encoded[i - 1], encoded[i]])) for i in (1, 2)]
+    assert min(shared) >= MIN_SHARED_PREFIX and batch.reused_tokens == sum(shared)
+    with torch.inference_mode():
+        for i, (p, ids) in enumerate(zip(prompts, encoded)):
+            want = _generated_ids(gen, p, 8)
+            assert done[i].ids == [t for t in want if t not in gen.stop_ids]
+            logp = torch.log_softmax(gen.model(input_ids=torch.tensor([ids + want])).logits[0].float(), -1)
+            expected = sum(float(logp[j - 1, (ids + want)[j]]) for j in range(len(ids), len(ids) + len(want)))
+            assert done[i].logprob == pytest.approx(expected, abs=1e-3)
 
 
 def test_logprob_is_the_answers_log_likelihood(gen):
