@@ -87,6 +87,8 @@ class ArmConfig:
     """Max context tokens (generator tokenizer); -1 = the config's budget, None = no limit."""
     shots: int | None = None
     """Few-shot examples per question; None = the config's shots."""
+    shot_selection: str | None = None
+    """random | similar; None = the config's shot_selection."""
     order: str = "best-first"
     """Source order in the prompt: best-first, or best-last (best source closest to the question)."""
     fusion: str = "joint"
@@ -125,6 +127,8 @@ class ArmConfig:
             raise ValueError(f"arm {self.name}: context_budget must be a positive integer, -1 or null")
         if self.shots is not None and (not isinstance(self.shots, int) or self.shots < 0):
             raise ValueError(f"arm {self.name}: shots must be >= 0, got {self.shots!r}")
+        if self.shot_selection not in (None, "random", "similar"):
+            raise ValueError(f"arm {self.name}: shot_selection must be random or similar, got {self.shot_selection!r}")
         if self.order not in ("best-first", "best-last"):
             raise ValueError(f"arm {self.name}: order must be best-first or best-last, got {self.order!r}")
         if self.fusion not in FUSIONS:
@@ -266,6 +270,9 @@ class EvalConfig:
 
     def arm_shots(self, arm: ArmConfig) -> int:
         return self.shots if arm.shots is None else arm.shots
+
+    def arm_shot_selection(self, arm: ArmConfig) -> str:
+        return self.shot_selection if arm.shot_selection is None else arm.shot_selection
 
     def arm_max_new_tokens(self, arm: ArmConfig) -> int:
         if arm.max_new_tokens:

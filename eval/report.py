@@ -45,6 +45,10 @@ def build_results(config, rows: list[dict], meta: dict, split: dict | None = Non
                  prompt_style=arm.get("prompt_style"), fusion=arm.get("fusion", "joint"))
         if s["fusion"] == "per-source":
             s["source_temperature"] = arm.get("source_temperature")
+            s["early_exit"] = arm.get("early_exit", True)
+        if arm.get("style") == "few-shot" or "few-shot" in str(arm.get("prompt_style") or ""):
+            s["shots"] = cfg.get("shots") if arm.get("shots") is None else arm.get("shots")
+            s["shot_selection"] = arm.get("shot_selection") or cfg.get("shot_selection", "random")
         s.update({k: v for k, v in (meta.get(name) or {}).items() if v is not None})
         arms[name] = s
     return {"arms": arms, "questions": rows, "config": cfg, "split": split or {},
@@ -62,6 +66,10 @@ def _environment(cfg: dict) -> dict:
         if torch is not None:
             env["torch"] = torch.__version__
             env["torch_threads"] = torch.get_num_threads()
+            from ragtune.device import cpu_has_fast_bf16, resolve_dtype
+
+            env["cpu_fast_bf16"] = cpu_has_fast_bf16()
+            env["dtype"] = str(resolve_dtype(cfg.get("dtype", "auto"))).replace("torch.", "")
     except Exception:  # pragma: no cover - informational only
         pass
     return env
@@ -183,13 +191,22 @@ def _setup_lines(results: dict) -> list[str]:
         if s.get("fusion") == "per-source":
             lines.append(f"Arm `{name}`: per-source answering (RAG-Sequence): one prompt per retrieved source, the "
                          "answer with the highest p(source) x p(answer | source) wins, p(source) = softmax(score / "
-                         f"{s.get('source_temperature')}).")
+                         f"{s.get('source_temperature')})"
+                         + ("; sources asked best first, stopping once the winner is settled (exact early exit)."
+                            if s.get("early_exit", True) else "; every source asked."))
+    for name, s in results["arms"].items():
+        if s.get("shots"):
+            lines.append(f"Arm `{name}`: {s['shots']} few-shot examples per prompt, "
+                         + ("the pool questions most similar to the question (BM25)."
+                            if s.get("shot_selection") == "similar" else "drawn at random (seeded per question)."))
     walls = [s.get("wall_seconds") for s in results["arms"].values() if s.get("wall_seconds")]
     if walls:
         lines.append(f"Time: {sum(walls) / 60:.1f} min over all arms (loading, training and answering; the "
                      "`wall s` column per arm; models are loaded once and shared).")
     env = results.get("environment", {})
-    lines.append(f"Machine: {env.get('cpus', '?')} CPUs, torch threads {env.get('torch_threads', '?')}; "
+    lines.append(f"Machine: {env.get('cpus', '?')} CPUs, torch threads {env.get('torch_threads', '?')}, "
+                 f"generator dtype {env.get('dtype', '?')} (native bf16: "
+                 f"{ {True: 'yes', False: 'no'}.get(env.get('cpu_fast_bf16'), '?') }); "
                  "latency is per question with batched generation (batch time / batch size) plus retrieval; "
                  "peak MB is this process's resident memory during the arm (models shared by all arms; "
                  "training runs in a child process and reports its own peak in results.json).")

@@ -214,10 +214,11 @@ def _retrieve(st: RunState, arm: ArmConfig, questions: list) -> tuple[list, list
     return hits, [per_q] * len(questions)
 
 
-def _shots(st: RunState, n: int, q) -> list:
+def _shots(st: RunState, arm: ArmConfig, q) -> list:
     """Few-shot examples for one question from the (leak-checked) pool."""
     cfg = st.config
-    if cfg.shot_selection == "random" or n == 0:
+    n = cfg.arm_shots(arm)
+    if cfg.arm_shot_selection(arm) == "random" or n == 0:
         return pick_shots(st.pool, n, q.id, cfg.seed)
     if st.example_pool is None:
         from retriever.fewshot import ExamplePool, FewShotConfig
@@ -233,7 +234,7 @@ def _prompt_for(st: RunState, arm: ArmConfig, style, q, hits) -> list[tuple]:
     from retriever.hit import Hit
 
     cfg = st.config
-    examples = _shots(st, cfg.arm_shots(arm), q) if style.few_shot else None
+    examples = _shots(st, arm, q) if style.few_shot else None
     if arm.mode == "gold":
         hits = [Hit.from_text(q.context or "", title=q.title or "", source=q.paragraph_id or "")]
     if not style.uses_context:

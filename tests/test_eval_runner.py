@@ -347,3 +347,28 @@ def test_heldout_training_questions_never_repeat_an_evaluated_question(world, tm
         assert rows and not asked & {r.question for r in rows}
         seen_split |= "Which city is the capital of France?" in asked
     assert seen_split
+
+
+def test_arm_shot_selection_overrides_the_config(world, tmp_path):
+    """An arm's shot_selection (similar: the pool questions closest to the question) overrides the
+    config's (random: a seeded draw per question); examples never come from the eval questions."""
+    from eval.data import pick_shots
+    from eval.runner import _shots, prepare
+    from retriever.fewshot import ExamplePool, FewShotConfig
+
+    arms = [{"name": "fs-random", "mode": "rag", "style": "few-shot"},
+            {"name": "fs-similar", "mode": "rag", "style": "few-shot", "shot_selection": "similar"}]
+    cfg = _config(world, arms, shots=2)
+    st = prepare(cfg, tmp_path, tmp_path)
+    pool = ExamplePool(st.pool, exclude=st.questions, config=FewShotConfig(k=2, strategy="similar"))
+    eval_ids = {q.id for q in st.questions}
+    differ = 0
+    for q in st.questions:
+        rand, sim = _shots(st, cfg.arms[0], q), _shots(st, cfg.arms[1], q)
+        assert [e.id for e in rand] == [e.id for e in pick_shots(st.pool, 2, q.id, cfg.seed)]
+        assert [e.id for e in sim] == [e.id for e in pool.select(q.question, k=2)]
+        assert not ({e.id for e in rand + sim} & eval_ids)
+        differ += [e.id for e in rand] != [e.id for e in sim]
+    assert differ > 0
+    with pytest.raises(ValueError, match="shot_selection"):
+        _config(world, [{"name": "x", "mode": "rag", "style": "few-shot", "shot_selection": "best"}])
