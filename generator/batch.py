@@ -8,10 +8,11 @@ weights, so it costs about the same for 1 row as for 16. So every prompt is pref
 decode step then serves every row at once. A row leaves as soon as it stops, and a new
 prompt can join between two steps (`add`), so the batch stays full while work is waiting.
 
-Prompts usually start alike (the chat template and the style's system message: ~45 tokens of a
-~250-token per-source RAG prompt): a prompt whose first `MIN_SHARED_PREFIX` or more tokens equal
-those of the previous prompt prefilled in this batch reuses that prompt's KV for them and
-prefills only the rest.
+Prompts usually start alike: the chat template and the style's system message (~45 tokens of a
+~250-token per-source RAG prompt), and the few-shot examples too when one question is asked once
+per source. A `PrefixStore` keeps the KV of the last prompts prefilled (the Generator keeps one
+across calls, per adapter); a prompt whose first `MIN_SHARED_PREFIX` or more tokens equal those
+of a stored prompt reuses that KV for them and prefills only the rest.
 
 Greedy results equal plain `model.generate` on each prompt alone up to float rounding
 (tests compare them exactly in fp32). Sampling and the repetition penalty are applied per
@@ -94,6 +95,32 @@ def shared_prefix(a: list[int], b: list[int]) -> int:
     return i
 
 
+class PrefixStore:
+    """The prompt ids and per-layer (K, V) of the last `size` prompts prefilled, newest last.
+
+    The tensors are kept as they were after the prefill: later decode steps replace a layer's
+    tensors (torch.cat), they never write into them. Valid for one model state (adapter): the
+    owner makes a new store when that changes.
+    """
+
+    def __init__(self, size: int = 8) -> None:
+        self.size = size
+        self.entries: list[tuple[list[int], list]] = []
+
+    def find(self, prompt: list[int]) -> tuple[int, list | None]:
+        """(tokens shared with the best stored prompt, its KV); at least one token is left to prefill."""
+        best, kv = 0, None
+        for ids, layers in reversed(self.entries):
+            n = shared_prefix(ids, prompt[:-1])
+            if n > best:
+                best, kv = n, layers
+        return best, kv
+
+    def put(self, prompt: list[int], layers: list) -> None:
+        self.entries.append((list(prompt), layers))
+        del self.entries[:-self.size]
+
+
 class Unsupported(Exception):
     """The model's cache is not a plain per-layer KV cache (sliding window, hybrid...): use model.generate."""
 
@@ -121,7 +148,8 @@ class DecodeBatch:
         cfg: sampling / repetition settings shared by the batch (each row has its own limit).
     """
 
-    def __init__(self, model, stop_ids: list[int], cfg: GenConfig, pad_id: int = 0) -> None:
+    def __init__(self, model, stop_ids: list[int], cfg: GenConfig, pad_id: int = 0,
+                 prefixes: PrefixStore | None = None) -> None:
         self.model, self.cfg, self.pad_id = model, cfg, pad_id
         self.stop_ids = set(stop_ids)
         self.device = model.device
@@ -133,7 +161,7 @@ class DecodeBatch:
         self.position = None  # [rows]: position id of each row's next token
         self.token = None  # [rows]: each row's chosen, not yet recorded, next token
         self.token_logprob = None  # [rows]: its log-probability
-        self._last: tuple[list[int], list] | None = None  # the last prompt prefilled and its per-layer (K, V)
+        self.prefixes = prefixes if prefixes is not None else PrefixStore()
         self.reused_tokens = 0
         """Prompt tokens whose KV came from an earlier prompt instead of a prefill (for benchmarks)."""
 
@@ -154,13 +182,13 @@ class DecodeBatch:
         row = _Row(tag=tag, prompt=list(prompt), limit=max_new_tokens or self.cfg.max_new_tokens,
                    started=time.perf_counter())
         ids = torch.tensor([prompt], dtype=torch.long, device=self.device)
-        # the leading tokens this prompt shares with the previous one (at least one token is prefilled)
-        reuse = shared_prefix(self._last[0], prompt[:-1]) if self._last is not None else 0
+        # the leading tokens this prompt shares with a recent one (at least one token is prefilled)
+        reuse, kv = self.prefixes.find(prompt)
         if reuse >= MIN_SHARED_PREFIX:
             from transformers import DynamicCache
 
             past = DynamicCache()
-            for i, (k, v) in enumerate(self._last[1]):
+            for i, (k, v) in enumerate(kv):
                 past.update(k[:, :, :reuse], v[:, :, :reuse], i)
             out = self.model(input_ids=ids[:, reuse:], use_cache=True, logits_to_keep=1,
                              **{self._cache_key: past})
@@ -171,8 +199,7 @@ class DecodeBatch:
         layers = getattr(cache, "layers", None)
         if not layers or any(type(layer).__name__ != "DynamicLayer" for layer in layers):
             raise Unsupported(f"cache layers {sorted({type(x).__name__ for x in layers or []})} are not plain KV")
-        # kept as they are now: later steps replace a layer's tensors (torch.cat), never write into them
-        self._last = (list(prompt), [(layer.keys, layer.values) for layer in layers])
+        self.prefixes.put(prompt, [(layer.keys, layer.values) for layer in layers])
         first, first_lp = self._choose(out.logits[:, -1, :], ids)
         row.first_ms = (time.perf_counter() - row.started) * 1000
         length = len(prompt)

@@ -65,6 +65,7 @@ class Generator:
         self._state_dicts: dict[str, StateDictAdapter] = {}
         self._active: str | None = None  # set_adapter's choice
         self._swapped: str | None = None  # state_dict adapter currently copied into the weights
+        self._prefixes: tuple[object, object] | None = None  # (adapter, generator.batch.PrefixStore)
 
     @classmethod
     def from_pretrained(cls, name_or_path: str, models_dir: Path | None = None, dtype: str = "auto",
@@ -120,6 +121,16 @@ class Generator:
                                                        is_trainable=False)
             self.model.eval()
             self._peft.add(name)
+            self._prefixes = None  # the model object changed: no stored KV is trusted
+
+    def _prefix_store(self, adapter: str | None):
+        """The prompt-prefix KV store for `adapter` (None = base): kept across calls while the
+        same adapter is used, new when it changes (KV depends on the weights)."""
+        from generator.batch import PrefixStore
+
+        if self._prefixes is None or self._prefixes[0] != adapter:
+            self._prefixes = (adapter, PrefixStore())
+        return self._prefixes[1]
 
     def set_adapter(self, name: str | None) -> None:
         """Choose the adapter used by default (None = the base model)."""
@@ -204,7 +215,7 @@ class Generator:
             with self._using(name), torch.inference_mode():
                 if cfg.do_sample and cfg.seed is not None:
                     torch.manual_seed(cfg.seed)
-                done = self._continuous(encoded, cfg) if self._can_batch_continuously() else None
+                done = self._continuous(encoded, cfg, name) if self._can_batch_continuously() else None
                 if done is not None:
                     results = [self._generation(fin, name) for fin in done]
                     self.last_generation = results[-1]
@@ -236,7 +247,7 @@ class Generator:
             return False
         return supports(self.model)
 
-    def _decode(self, cfg: GenConfig, take, finished, on_error=None) -> None:
+    def _decode(self, cfg: GenConfig, take, finished, on_error=None, adapter: str | None = None) -> None:
         """Drive one `DecodeBatch` of at most `cfg.batch_size` rows until `take` is empty and no row runs.
 
         `take(free, idle)` -> [(prompt ids, max_new_tokens or None, tag)] to admit before the next
@@ -245,7 +256,7 @@ class Generator:
         """
         from generator.batch import DecodeBatch, Unsupported
 
-        batch = DecodeBatch(self.model, self.stop_ids, cfg, self.pad_id)
+        batch = DecodeBatch(self.model, self.stop_ids, cfg, self.pad_id, prefixes=self._prefix_store(adapter))
         while True:
             jobs = list(take(cfg.batch_size - len(batch), not len(batch)))
             for ids, max_new, tag in jobs:
@@ -264,7 +275,7 @@ class Generator:
             for fin in batch.step():
                 finished(fin)
 
-    def _continuous(self, encoded: list[list[int]], cfg: GenConfig) -> list | None:
+    def _continuous(self, encoded: list[list[int]], cfg: GenConfig, adapter: str | None = None) -> list | None:
         """All prompts through `_decode`, longest first (shorter ones then join without widening
         the cache). `Finished` rows in input order; None = this model's cache needs `model.generate`."""
         from generator.batch import Unsupported
@@ -280,7 +291,7 @@ class Generator:
             done[fin.tag] = fin
 
         try:
-            self._decode(cfg, take, finished)
+            self._decode(cfg, take, finished, adapter=adapter)
         except Unsupported:
             return None
         return done
@@ -321,7 +332,7 @@ class Generator:
 
         with self._lock:
             with self._using(adapter), torch.inference_mode():
-                self._decode(cfg, admit, finished, on_error=deliver)
+                self._decode(cfg, admit, finished, on_error=deliver, adapter=adapter)
 
     def _generation(self, fin, adapter: str | None) -> Generation:
         return Generation(text=self.tokenizer.decode(fin.ids, skip_special_tokens=True),

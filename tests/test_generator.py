@@ -66,7 +66,9 @@ def tiny(tiny_dir) -> Generator:
 
 @pytest.fixture()
 def gen(tiny):
-    """The shared tiny generator, with no adapter selected and any hooks removed after the test."""
+    """The shared tiny generator, with no adapter selected and any hooks removed after the test, and no
+    prompt KV kept from an earlier test (LogitBias tells a prefill by its many input positions)."""
+    tiny._prefixes = None
     yield tiny
     tiny.set_adapter(None)
 
@@ -206,6 +208,27 @@ def test_prompts_sharing_a_prefix_reuse_its_kv_and_answer_as_alone(gen):
             logp = torch.log_softmax(gen.model(input_ids=torch.tensor([ids + want])).logits[0].float(), -1)
             expected = sum(float(logp[j - 1, (ids + want)[j]]) for j in range(len(ids), len(ids) + len(want)))
             assert done[i].logprob == pytest.approx(expected, abs=1e-3)
+
+
+def test_prefix_store_lasts_across_calls_per_adapter(tiny_dir, adapter_dirs):
+    """The Generator keeps prompt KV across generate calls for the same adapter (a question asked
+    again, or its next source, prefills only what is new) and never reuses it under another adapter."""
+    g = Generator(*load_generator(str(tiny_dir), dtype="fp32", device="cpu"), GenConfig(max_new_tokens=6))
+    first = g.generate(PROMPTS[1:2])[0]
+    store = g._prefix_store(None)
+    assert len(store.entries) == 1
+    again = g.generate(PROMPTS[1:2])[0]
+    assert (again.text, again.logprob) == (first.text, pytest.approx(first.logprob, abs=1e-4))
+    assert g._prefix_store(None) is store and len(store.entries) == 2
+    fresh = Generator(*load_generator(str(tiny_dir), dtype="fp32", device="cpu"), GenConfig(max_new_tokens=6))
+    for name in ("lora", "sd"):  # a peft adapter and a state-dict one (weights swapped in place)
+        g.load_adapter(name, adapter_dirs[name])
+        fresh.load_adapter(name, adapter_dirs[name])
+        for _ in range(2):  # asked twice: the second time from the adapter's own stored KV
+            tuned = g.generate(PROMPTS[1:2], adapter=name)[0]
+            assert g._prefix_store(name) is not store
+            assert tuned.logprob == pytest.approx(fresh.generate(PROMPTS[1:2], adapter=name)[0].logprob, abs=1e-4)
+        assert g.generate(PROMPTS[1:2])[0].logprob == pytest.approx(first.logprob, abs=1e-4)  # base again
 
 
 def test_logprob_is_the_answers_log_likelihood(gen):
