@@ -167,17 +167,33 @@ async def ask(request: Request, req: S.AskRequest):
 
 async def _per_source(prep: Prepared, jobs: list[GenJob], model: str, req: S.AskRequest, temperature: float,
                       queued_at: float):
-    """fusion per-source: wait for every source's answer, keep the likeliest (streamed as one piece)."""
+    """fusion per-source: the sources' answers best first; once the winner is settled (no answer still
+    to come could change it, ragtune.per_source.settled) the jobs not yet started are cancelled. The
+    likeliest answer is streamed as one piece."""
     from ragtune import pipeline
+    from ragtune.per_source import Candidate, settled
 
+    gens: list = [None] * len(jobs)
+    scores = [float(p.sources[0].score) for p in prep.per_source]
     try:
-        gens = await asyncio.gather(*(_await_job(j) for j in jobs))
+        for i, job in enumerate(jobs):
+            gens[i] = await _await_job(job)
+            cands = [Candidate(None if g is None else prep.style.parse(g.text).answer,
+                               None if g is None else g.logprob, sc) for g, sc in zip(gens, scores)]
+            if i + 1 < len(jobs) and settled(cands, temperature):
+                for j, rest in enumerate(jobs[i + 1:], i + 1):
+                    if rest.future.done() and not rest.future.cancelled() and rest.future.exception() is None:
+                        gens[j] = rest.future.result()  # it ran already: keep it as a candidate
+                    else:
+                        rest.cancelled.set()
+                        rest.future.cancel()
+                break
     except BaseException:
         for j in jobs:
             j.cancelled.set()
             j.future.cancel()
         raise
-    out = pipeline.per_source_answer(prep, list(gens), model, req.adapter, temperature)
+    out = pipeline.per_source_answer(prep, gens, model, req.adapter, temperature)
     out["timings"]["queue_ms"] = round(max(0.0, (time.perf_counter() - queued_at) * 1000
                                            - out["timings"]["generate_ms"]), 2)
     if not req.stream:
