@@ -107,6 +107,13 @@ def settled(candidates: Sequence[Candidate], temperature: float = 0.5, abstain: 
     return real[0] > runner_up + unasked + 1e-9
 
 
+def replies_settled(gens: Sequence, scores: Sequence[float], parse: Callable[[str], str], temperature: float = 0.5,
+                    abstain: str | None = None) -> bool:
+    """`settled` for one question's generations so far (`gens[i]` None = source i not asked yet)."""
+    return settled([Candidate(None if g is None else parse(g.text), None if g is None else g.logprob, float(s))
+                    for g, s in zip(gens, scores)], temperature, abstain)
+
+
 def ask_per_source(generate: Callable[[list], list], prompts: Sequence[Sequence], scores: Sequence[Sequence[float]],
                    parse: Callable[[str], str], temperature: float = 0.5, abstain: str | None = None,
                    early_exit: bool = True) -> list[list]:
@@ -127,18 +134,14 @@ def ask_per_source(generate: Callable[[list], list], prompts: Sequence[Sequence]
             at += len(ps)
         return gens
     gens: list[list] = [[None] * len(ps) for ps in prompts]
-    answers: list[list] = [[None] * len(ps) for ps in prompts]
     pending = [q for q, ps in enumerate(prompts) if ps]
     r = 0
     while pending:
-        outs = generate([prompts[q][r] for q in pending])
-        for q, g in zip(pending, outs):
+        for q, g in zip(pending, generate([prompts[q][r] for q in pending])):
             gens[q][r] = g
-            answers[q][r] = parse(g.text)
         r += 1
-        pending = [q for q in pending if r < len(prompts[q]) and not settled(
-            [Candidate(a, None if g is None else g.logprob, float(s))
-             for a, g, s in zip(answers[q], gens[q], scores[q])], temperature, abstain)]
+        pending = [q for q in pending if r < len(prompts[q])
+                   and not replies_settled(gens[q], scores[q], parse, temperature, abstain)]
     return gens
 
 

@@ -168,19 +168,18 @@ async def ask(request: Request, req: S.AskRequest):
 async def _per_source(prep: Prepared, jobs: list[GenJob], model: str, req: S.AskRequest, temperature: float,
                       queued_at: float):
     """fusion per-source: the sources' answers best first; once the winner is settled (no answer still
-    to come could change it, ragtune.per_source.settled) the jobs not yet started are cancelled. The
+    to come could change it, ragtune.per_source.replies_settled) the jobs not yet started are cancelled. The
     likeliest answer is streamed as one piece."""
     from ragtune import pipeline
-    from ragtune.per_source import Candidate, settled
+    from ragtune.per_source import replies_settled
 
     gens: list = [None] * len(jobs)
     scores = [float(p.sources[0].score) for p in prep.per_source]
     try:
         for i, job in enumerate(jobs):
             gens[i] = await _await_job(job)
-            cands = [Candidate(None if g is None else prep.style.parse(g.text).answer,
-                               None if g is None else g.logprob, sc) for g, sc in zip(gens, scores)]
-            if i + 1 < len(jobs) and settled(cands, temperature):
+            if i + 1 < len(jobs) and replies_settled(gens, scores, lambda text: prep.style.parse(text).answer,
+                                                     temperature):
                 for j, rest in enumerate(jobs[i + 1:], i + 1):
                     if rest.future.done() and not rest.future.cancelled() and rest.future.exception() is None:
                         gens[j] = rest.future.result()  # it ran already: keep it as a candidate
