@@ -1,0 +1,67 @@
+"""Try eval arms on SQuAD dev questions OUTSIDE a config's evaluation sample (a development set for
+prompt / selection ideas, so the reported sample is not tuned on). Prints one JSON line per arm
+(F1 / EM in %, seconds per question, prompt tokens) and writes the per-question rows to OUT.
+
+    .venv/bin/python benchmarks/dev_arms.py --n 100 --out runs/dev \
+        '{"name": "ps", "mode": "rag", "prompt_style": "rag-span", "fusion": "per-source"}' \
+        '{"name": "ps-fs", "mode": "rag", "style": "few-shot", "prompt_style": "rag-span-few-shot",
+          "fusion": "per-source", "shot_selection": "similar"}'
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("arms", nargs="+", help="arms as JSON objects (eval ArmConfig fields; no training)")
+    ap.add_argument("--config", default=str(ROOT / "eval" / "configs" / "squad.yaml"))
+    ap.add_argument("--n", type=int, default=100, help="dev questions")
+    ap.add_argument("--seed", type=int, default=7, help="dev sample seed")
+    ap.add_argument("--draw", type=int, default=1500,
+                    help="questions drawn (seeded) before the evaluation sample is removed; the first N remain")
+    ap.add_argument("--out", default="runs/dev", help="folder for results.jsonl (appended)")
+    args = ap.parse_args()
+
+    from eval.config import ArmConfig, load_config
+    from eval.data import load_questions, sample_questions
+    from eval.runner import ensure_generator, ensure_retrieval, prepare, run_arm
+    from ragtune.settings import Settings
+
+    cfg = load_config(args.config)
+    arms = [ArmConfig(**json.loads(a)) for a in args.arms]
+    if any(a.tuned for a in arms):
+        raise SystemExit("dev_arms runs untuned arms only (train adapters through `ragtune eval`)")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    settings = Settings.from_env()
+    st = prepare(cfg, out, settings.home / "eval-cache", log=lambda m: None)
+    held = {q.id for q in st.questions}
+    _, examples = load_questions(cfg.path(cfg.data))
+    st.questions = [q for q in sample_questions(examples, args.draw, "random", args.seed)
+                    if q.id not in held][:args.n]
+    st.models_dir = settings.models_dir
+    ensure_retrieval(st)
+    ensure_generator(st)
+    for arm in arms:
+        t0 = time.perf_counter()
+        rows = run_arm(st, arm, set())
+        seconds = time.perf_counter() - t0
+        print(json.dumps({"arm": arm.name, "n": len(rows), "f1": round(100 * statistics.mean(r["f1"] for r in rows), 1),
+                          "em": round(100 * statistics.mean(r["em"] for r in rows), 1),
+                          "s_per_q": round(seconds / len(rows), 2),
+                          "prompt_tokens": round(statistics.mean(r["prompt_tokens"] for r in rows))}), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
