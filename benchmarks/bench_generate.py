@@ -88,7 +88,7 @@ def timed(fn):
 def _fresh(gen):
     """The generator with its prompt-prefix KV store emptied (prefix reuse then only spans the
     prompts of one call, e.g. their shared system message); returns it."""
-    gen._prefixes = None
+    gen.forget_prefixes()
     return gen
 
 

@@ -104,7 +104,7 @@ def main() -> int:
         out = {}
         for mode in modes[b % 3:] + modes[:b % 3]:
             batch_mod.MIN_SHARED_PREFIX = 10**9 if mode == "plain" else min_prefix
-            st.generator._prefixes = None  # no mode reuses the KV of another mode's (same) prompts
+            st.generator.forget_prefixes()  # no mode reuses the KV of another mode's (same) prompts
             reused["n"] = 0
             t0 = time.perf_counter()
             gens = ask_per_source(generate, prompts, scores, lambda t: style.parse(t).answer, temperature,

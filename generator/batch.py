@@ -83,7 +83,7 @@ def logits_processors(cfg: GenConfig):
 
 
 MIN_SHARED_PREFIX = 16
-"""Reuse the previous prompt's KV when at least this many leading tokens are the same."""
+"""Reuse a stored prompt's KV when at least this many leading tokens are the same."""
 
 
 def shared_prefix(a: list[int], b: list[int]) -> int:

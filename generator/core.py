@@ -121,7 +121,12 @@ class Generator:
                                                        is_trainable=False)
             self.model.eval()
             self._peft.add(name)
-            self._prefixes = None  # the model object changed: no stored KV is trusted
+            self.forget_prefixes()  # the model object changed: no stored KV is trusted
+
+    def forget_prefixes(self) -> None:
+        """Drop the stored prompt-prefix KV (the next prompts prefill in full until they share a prefix
+        again); e.g. before timing a prompt that was asked already."""
+        self._prefixes = None
 
     def _prefix_store(self, adapter: str | None):
         """The prompt-prefix KV store for `adapter` (None = base): kept across calls while the

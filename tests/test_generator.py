@@ -68,7 +68,7 @@ def tiny(tiny_dir) -> Generator:
 def gen(tiny):
     """The shared tiny generator, with no adapter selected and any hooks removed after the test, and no
     prompt KV kept from an earlier test (LogitBias tells a prefill by its many input positions)."""
-    tiny._prefixes = None
+    tiny.forget_prefixes()
     yield tiny
     tiny.set_adapter(None)
 
