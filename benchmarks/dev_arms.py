@@ -29,6 +29,7 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=7, help="dev sample seed")
     ap.add_argument("--draw", type=int, default=1500,
                     help="questions drawn (seeded) before the evaluation sample is removed; the first N remain")
+    ap.add_argument("--dtype", default=None, help="generator dtype instead of the config's (auto, bf16, fp32, int8)")
     ap.add_argument("--out", default="runs/dev", help="folder for results.jsonl (appended)")
     args = ap.parse_args()
 
@@ -38,6 +39,8 @@ def main() -> int:
     from ragtune.settings import Settings
 
     cfg = load_config(args.config)
+    if args.dtype:
+        cfg.dtype = args.dtype
     arms = [ArmConfig(**json.loads(a)) for a in args.arms]
     if any(a.tuned for a in arms):
         raise SystemExit("dev_arms runs untuned arms only (train adapters through `ragtune eval`)")

@@ -212,8 +212,8 @@ class EvalConfig:
             raise ValueError(f"sample must be random or first, got {self.sample!r}")
         if self.retriever not in RETRIEVERS:
             raise ValueError(f"retriever must be one of {', '.join(RETRIEVERS)}, got {self.retriever!r}")
-        if self.dtype not in ("auto", "bf16", "fp32"):
-            raise ValueError(f"dtype must be auto, bf16 or fp32, got {self.dtype!r}")
+        if self.dtype not in ("auto", "bf16", "fp32", "int8"):
+            raise ValueError(f"dtype must be auto, bf16, fp32 or int8, got {self.dtype!r}")
         for fname in ("k", "batch_size", "max_new_tokens", "cot_max_new_tokens", "bootstrap", "chunk_size",
                       "disjoint_limit"):
             v = getattr(self, fname)

@@ -69,7 +69,9 @@ def _environment(cfg: dict) -> dict:
             from ragtune.device import cpu_has_fast_bf16, resolve_dtype
 
             env["cpu_fast_bf16"] = cpu_has_fast_bf16()
-            env["dtype"] = str(resolve_dtype(cfg.get("dtype", "auto"))).replace("torch.", "")
+            dtype = cfg.get("dtype", "auto")
+            env["dtype"] = ("float32 weights, int8 dynamic-quantised linear layers" if dtype == "int8"
+                            else str(resolve_dtype(dtype)).replace("torch.", ""))
     except Exception:  # pragma: no cover - informational only
         pass
     return env

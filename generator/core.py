@@ -48,7 +48,10 @@ class Generator:
     """Generate answers from chat messages with one base model and any number of adapters."""
 
     def __init__(self, model, tokenizer, config: GenConfig | None = None, name: str = "",
-                 fingerprint: str | None = None) -> None:
+                 fingerprint: str | None = None, float_base=None) -> None:
+        """`float_base`: for an int8-quantised `model` (`generator.loading.quantize_int8`), a
+        callable returning a fresh float32 copy of the base model; adapters are merged into such
+        a copy, which is then quantised and used while that adapter is active."""
         self.model = model
         self.tokenizer = tokenizer
         self.config = config or GenConfig()
@@ -66,6 +69,9 @@ class Generator:
         self._active: str | None = None  # set_adapter's choice
         self._swapped: str | None = None  # state_dict adapter currently copied into the weights
         self._prefixes: tuple[object, object] | None = None  # (adapter, generator.batch.PrefixStore)
+        self.quantized = getattr(model, "ragtune_quantized", None)
+        self._float_base = float_base
+        self._merged: dict[str, object] = {}  # int8 base: adapter name -> merged, quantised model
 
     @classmethod
     def from_pretrained(cls, name_or_path: str, models_dir: Path | None = None, dtype: str = "auto",
@@ -74,7 +80,11 @@ class Generator:
         from generator.loading import load_generator
 
         model, tokenizer = load_generator(name_or_path, models_dir=models_dir, dtype=dtype, log=log)
-        return cls(model, tokenizer, config=config, name=str(name_or_path))
+        float_base = None
+        if dtype == "int8":
+            def float_base():
+                return load_generator(name_or_path, models_dir=models_dir, dtype="fp32", log=log)[0]
+        return cls(model, tokenizer, config=config, name=str(name_or_path), float_base=float_base)
 
     # ---- prompts -------------------------------------------------------------------------
     def render(self, messages: list[dict]) -> str:
@@ -93,7 +103,7 @@ class Generator:
     # ---- adapters ------------------------------------------------------------------------
     def adapters(self) -> list[str]:
         """Names of the loaded adapters."""
-        return sorted(self._peft | set(self._state_dicts))
+        return sorted(self._peft | set(self._state_dicts) | set(self._merged))
 
     @property
     def active_adapter(self) -> str | None:
@@ -106,6 +116,9 @@ class Generator:
         with self._lock:
             if name in self.adapters():
                 raise ValueError(f"an adapter named {name!r} is already loaded")
+            if self.quantized:
+                self._merged[name] = self._merge_quantized(meta)
+                return
             if meta.kind == "state_dict":
                 self._state_dicts[name] = StateDictAdapter(meta, self.model)
                 return
@@ -122,6 +135,27 @@ class Generator:
             self.model.eval()
             self._peft.add(name)
             self.forget_prefixes()  # the model object changed: no stored KV is trusted
+
+    def _merge_quantized(self, meta):
+        """A quantised base cannot carry adapters (its linear weights are packed int8): merge the
+        adapter into a fresh float copy of the base, then quantise that copy the same way."""
+        from generator.loading import quantize_int8
+
+        if self._float_base is None:
+            raise ValueError(f"adapter {meta.name!r}: this {self.quantized} model was built without a way to "
+                             f"reload its float weights (use Generator.from_pretrained(..., dtype='int8'))")
+        model = self._float_base()
+        if meta.kind == "state_dict":
+            StateDictAdapter(meta, model).apply()
+        else:
+            from peft import PeftModel
+
+            peft_model = PeftModel.from_pretrained(model, str(meta.path), is_trainable=False)
+            if any(getattr(c, "is_prompt_learning", False) for c in peft_model.peft_config.values()):
+                raise ValueError(f"adapter {meta.name!r} is a prompt-learning adapter, which cannot be merged into "
+                                 f"the weights; load the model with dtype fp32 or bf16 to use it")
+            model = peft_model.merge_and_unload()
+        return quantize_int8(model.eval())
 
     def forget_prefixes(self) -> None:
         """Drop the stored prompt-prefix KV (the next prompts prefill in full until they share a prefix
@@ -152,6 +186,13 @@ class Generator:
     def _using(self, name: str | None):
         """Make `name` (None = base) the live adapter for the duration; caller holds the lock."""
         self._check_adapter(name)
+        if name in self._merged:  # int8 base: the adapter's own merged, quantised model
+            base, self.model = self.model, self._merged[name]
+            try:
+                yield
+            finally:
+                self.model = base
+            return
         if self._swapped and self._swapped != name:
             self._state_dicts[self._swapped].restore()
             self._swapped = None

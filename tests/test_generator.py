@@ -475,6 +475,69 @@ def test_concurrent_callers_do_not_interleave_adapters(tiny_dir, adapter_dirs):
     assert len(got) == 12 and all(text == expected[a] for a, text in got)
 
 
+def _next_token_logits(model, tokenizer, messages) -> "torch.Tensor":
+    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    ids = tokenizer(text, add_special_tokens=False, return_tensors="pt")["input_ids"]
+    with torch.inference_mode():
+        return model(input_ids=ids).logits[0].float()
+
+
+def _rel_err(a: "torch.Tensor", b: "torch.Tensor") -> float:
+    """Relative RMS difference of two logit tables."""
+    return float((a - b).norm() / (a - a.mean()).norm())
+
+
+def test_int8_quantises_every_linear_and_stays_close_to_fp32(tiny_dir):
+    from torch.ao.nn.quantized.dynamic import Linear as QLinear
+
+    fp32, tokenizer = load_generator(str(tiny_dir), dtype="fp32", device="cpu")
+    int8, _ = load_generator(str(tiny_dir), dtype="int8", device="cpu")
+    floats = [n for n, m in int8.named_modules() if type(m) is torch.nn.Linear]
+    assert floats == ["model.layers.0.mlp.down_proj", "model.layers.1.mlp.down_proj"]  # INT8_KEEP_FLOAT
+    assert isinstance(int8.lm_head, QLinear) and isinstance(int8.model.layers[0].mlp.up_proj, QLinear)
+    assert int8.ragtune_fingerprint == fp32.ragtune_fingerprint  # fp32 adapters still match this base
+    a, b = (_next_token_logits(m, tokenizer, PROMPTS[1]) for m in (fp32, int8))
+    assert 0 < _rel_err(a, b) < 0.2  # int8 rounding: ~0.11 on this random model (large weights)
+    g = Generator(int8, tokenizer, GenConfig(max_new_tokens=8, batch_size=3))
+    alone = g.generate(PROMPTS[1:2])[0]
+    ids = torch.tensor([g.encode(PROMPTS[1])])
+    ref = int8.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=8, do_sample=False,
+                        eos_token_id=g.stop_ids, pad_token_id=g.pad_id)[0, ids.shape[1]:]
+    assert alone.text == tokenizer.decode(g._finish(ref.tolist())[0], skip_special_tokens=True)
+    # activations are quantised per forward pass (one scale per batch), so batch neighbours may change
+    # an answer: the same batch gives the same answers, and every answer is complete
+    g.forget_prefixes()
+    first = [x.text for x in g.generate(PROMPTS)]
+    g.forget_prefixes()
+    assert [x.text for x in g.generate(PROMPTS)] == first and all(first)
+    with pytest.raises(ValueError, match="CPU only"):
+        load_generator(str(tiny_dir), dtype="int8", device="cuda")
+
+
+def test_int8_generator_merges_each_adapter_into_its_own_quantised_copy(tiny_dir, adapter_dirs):
+    from peft import PeftModel
+
+    g = Generator.from_pretrained(str(tiny_dir), dtype="int8", config=GenConfig(max_new_tokens=8))
+    base_model = g.model
+    base = [x.text for x in g.generate(PROMPTS[:2])]
+    g.load_adapter("lora", adapter_dirs["lora"])
+    g.load_adapter("sd", adapter_dirs["sd"])
+    assert g.adapters() == ["lora", "sd"]
+    fp32, tokenizer = load_generator(str(tiny_dir), dtype="fp32", device="cpu")
+    fp32_lora = PeftModel.from_pretrained(fp32, str(adapter_dirs["lora"])).eval()
+    want = _next_token_logits(fp32_lora, tokenizer, PROMPTS[1])
+    with g._using("lora"):
+        got = _next_token_logits(g.model, tokenizer, PROMPTS[1])
+    base_logits = _next_token_logits(base_model, tokenizer, PROMPTS[1])
+    assert _rel_err(want, got) < 0.2 and _rel_err(want, base_logits) > 2 * _rel_err(want, got)
+    lora = [x.text for x in g.generate(PROMPTS[:2], adapter="lora")]
+    sd = [x.text for x in g.generate(PROMPTS[:2], adapter="sd")]
+    assert lora != base and sd != base and lora != sd
+    assert g.model is base_model and [x.text for x in g.generate(PROMPTS[:2])] == base
+    g.forget_prefixes()
+    assert "".join(g.stream(PROMPTS[1], adapter="sd")) == g.generate(PROMPTS[1:2], adapter="sd")[0].text
+
+
 def test_adapter_for_another_base_is_refused(gen, adapter_dirs, tmp_path):
     with pytest.raises(ValueError, match=r"trained on base model tiny \(fingerprint 000000000000\)"):
         gen.load_adapter("alien", adapter_dirs["alien"])

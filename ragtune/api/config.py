@@ -24,7 +24,7 @@ class ApiConfig:
     load_generator: bool = True
     """Load the generator at start-up (False: search-only server)."""
     dtype: str = "auto"
-    """Generator dtype: auto | bf16 | fp32."""
+    """Generator dtype: auto | bf16 | fp32 | int8 (fp32 with int8 linear layers, CPU)."""
     host: str = "127.0.0.1"
     """Host the server listens on; decides whether `allow_local_noauth` may apply."""
     port: int = 8000
