@@ -135,7 +135,7 @@ def train_adapter(st, arm: ArmConfig, data_file: Path, path: Path) -> dict:
     cmd = [sys.executable, "-m", "ragtune", "tune", "--recipe", spec.recipe, "--data", str(data_file),
            "--model", st.config.model, "--max-steps", str(spec.max_steps), "--out", str(path), "--name", path.name,
            "--set", f"data.format={spec.kind}", "--json"]
-    if st.config.dtype != "auto":
+    if st.config.dtype not in ("auto", "int8"):  # int8 is for answering: training runs on the float weights
         cmd += ["--set", f"train.dtype={st.config.dtype}"]
     if st.config.threads:
         cmd += ["--set", f"train.threads={st.config.threads}"]

@@ -212,7 +212,8 @@ INT8_KEEP_FLOAT = ("down_proj",)
 """Linear layers left in float by `quantize_int8` (name suffixes): the MLP output projection, whose
 input carries the large activation outliers of transformer LMs. Quantising it with one activation
 scale per pass cost Qwen2.5-0.5B 7.5 F1 points on 48 SQuAD gold-paragraph questions (49.7 -> 42.2,
-24/48 answers as fp32's); keeping it float: 49.4, 39/48 identical, at 1.73x instead of 2.2x fp32's speed."""
+24/48 answers as fp32's); keeping it float: 49.4, 39/48 identical, at 1.8x instead of 2.2x fp32's speed
+(generator/README.md)."""
 
 
 def quantize_int8(model: "PreTrainedModel", keep_float: tuple[str, ...] = INT8_KEEP_FLOAT) -> "PreTrainedModel":
@@ -221,7 +222,8 @@ def quantize_int8(model: "PreTrainedModel", keep_float: tuple[str, ...] = INT8_K
     kernels), except those whose name ends with one of `keep_float`.
 
     For CPUs without native bf16 (AVX2 only), where it is the fast choice: Qwen2.5-0.5B answered
-    SQuAD questions ~1.7x faster than fp32 with about the same F1 (`benchmarks/bench_dtype.py`).
+    SQuAD questions ~1.8x faster than fp32 with about the same F1 (`benchmarks/bench_dtype.py`);
+    SmolLM2-135M lost F1 with it, so `dtype: auto` never picks it.
     Since the activation scale is shared by a forward pass, an answer can depend slightly on the
     other prompts of its batch (fp32 answers do not). Inference only: quantised weights are no
     longer parameters (adapters are merged into a float copy before quantising: `Generator` does

@@ -152,6 +152,23 @@ def test_tuned_arm_trains_with_the_tuner_and_forgetting_arms(world, tmp_path):
     assert "Fine-tuning causes forgetting" in claims
 
 
+def test_int8_run_trains_on_float_weights_and_answers_with_the_merged_quantised_adapter(world, tmp_path):
+    from eval.runner import run_eval
+
+    arms = [{"name": "rag", "mode": "rag"},  # a large learning rate: 2 steps must visibly change the answers
+            {"name": "ft-rag", "mode": "rag", "train": {"recipe": "lora", "kind": "raft", "max_steps": 2,
+                                                         "overrides": {"train.batch_size": 2, "train.lr": 0.05}}}]
+    cfg = _config(world, arms, dtype="int8")
+    results = run_eval(cfg, tmp_path / "out", models_dir=world["base"], adapters_dir=tmp_path / "adapters",
+                       log=lambda m: None)
+    a = results["arms"]
+    assert a["rag"]["n"] == a["ft-rag"]["n"] == 6 and a["ft-rag"]["train_seconds"] > 0
+    assert "int8" in results["environment"]["dtype"]
+    answers = {arm: [r["raw"] for r in results["questions"] if r["arm"] == arm] for arm in ("rag", "ft-rag")}
+    assert answers["rag"] != answers["ft-rag"]  # the adapter changed the answers
+    assert "int8" in (tmp_path / "out" / "report.md").read_text()
+
+
 def test_leak_into_pool_is_refused(world, tmp_path):
     from eval.runner import run_eval
 
