@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import random
 import statistics
 import sys
 import time
@@ -28,7 +29,7 @@ def main() -> int:
     ap.add_argument("--n", type=int, default=100, help="dev questions")
     ap.add_argument("--seed", type=int, default=7, help="dev sample seed")
     ap.add_argument("--draw", type=int, default=1500,
-                    help="questions drawn (seeded) before the evaluation sample is removed; the first N remain")
+                    help="questions drawn (seeded) before the evaluation sample is removed; N of the rest are drawn")
     ap.add_argument("--dtype", default=None, help="generator dtype instead of the config's (auto, bf16, fp32, int8)")
     ap.add_argument("--out", default="runs/dev", help="folder for results.jsonl (appended)")
     args = ap.parse_args()
@@ -50,8 +51,9 @@ def main() -> int:
     st = prepare(cfg, out, settings.home / "eval-cache", log=lambda m: None)
     held = {q.id for q in st.questions}
     _, examples = load_questions(cfg.path(cfg.data))
-    st.questions = [q for q in sample_questions(examples, args.draw, "random", args.seed)
-                    if q.id not in held][:args.n]
+    outside = [q for q in sample_questions(examples, args.draw, "random", args.seed) if q.id not in held]
+    # sample_questions keeps file order: draw the N at random, else they all come from the first article(s)
+    st.questions = random.Random(args.seed).sample(outside, min(args.n, len(outside)))
     st.models_dir = settings.models_dir
     ensure_retrieval(st)
     ensure_generator(st)
