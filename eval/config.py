@@ -12,6 +12,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ragtune.device import GENERATOR_DTYPES
 from ragtune.per_source import FUSIONS
 
 MODES = ("closed", "rag", "gold")
@@ -212,8 +213,8 @@ class EvalConfig:
             raise ValueError(f"sample must be random or first, got {self.sample!r}")
         if self.retriever not in RETRIEVERS:
             raise ValueError(f"retriever must be one of {', '.join(RETRIEVERS)}, got {self.retriever!r}")
-        if self.dtype not in ("auto", "bf16", "fp32", "int8"):
-            raise ValueError(f"dtype must be auto, bf16, fp32 or int8, got {self.dtype!r}")
+        if self.dtype not in GENERATOR_DTYPES:
+            raise ValueError(f"dtype must be one of {', '.join(GENERATOR_DTYPES)}, got {self.dtype!r}")
         for fname in ("k", "batch_size", "max_new_tokens", "cot_max_new_tokens", "bootstrap", "chunk_size",
                       "disjoint_limit"):
             v = getattr(self, fname)

@@ -212,7 +212,7 @@ def _setup_lines(results: dict) -> list[str]:
                  "latency is per question with batched generation (batch time / batch size) plus retrieval; "
                  "peak MB is this process's resident memory during the arm (models shared by all arms; "
                  "training runs in a child process and reports its own peak in results.json).")
-    if "int8" in str(env.get("dtype", "")):
+    if cfg.get("dtype") == "int8":
         lines.append("int8: the linear layers (all but the MLP output projections) run with int8 weights and "
                      "activations quantised with one scale per forward pass, so an answer can differ slightly "
                      "with the prompts batched beside it; adapters were trained on the float weights and merged "

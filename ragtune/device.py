@@ -9,6 +9,12 @@ if TYPE_CHECKING:  # pragma: no cover
     import torch
 
 
+GENERATOR_DTYPES = ("auto", "bf16", "fp32", "int8")
+"""What a generator can be loaded as (`generator.loading.load_generator`)."""
+GENERATOR_DTYPE_HELP = ("generator dtype: auto (bf16 where the CPU has native bf16, else fp32), bf16, fp32, or int8 "
+                        "(fp32 with int8 linear layers: Qwen2.5-0.5B ~1.8x faster on CPUs without native bf16)")
+
+
 @functools.cache
 def device_name() -> str:
     """`"cuda"` when a GPU is visible, else `"cpu"`."""

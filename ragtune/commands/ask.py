@@ -6,6 +6,8 @@ import argparse
 import json
 import sys
 
+from ragtune.device import GENERATOR_DTYPE_HELP, GENERATOR_DTYPES
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("ask", help="answer a question from your index (RAG) or the model alone (closed-book)",
@@ -32,9 +34,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="rag mode: joint (default: every source in one prompt) or per-source (ask once per "
                    "source and keep the answer with the highest p(source) x p(answer | source); k prompts, "
                    "often better with small models, printed at the end instead of streamed)")
-    p.add_argument("--dtype", default="auto", choices=["auto", "bf16", "fp32", "int8"],
-                   help="generator dtype: auto (bf16 where the CPU has native bf16, else fp32), bf16, fp32, or "
-                        "int8 (fp32 with int8 linear layers: ~2x faster on CPUs without native bf16)")
+    p.add_argument("--dtype", default="auto", choices=GENERATOR_DTYPES, help=GENERATOR_DTYPE_HELP)
     p.add_argument("--json", action="store_true", help="print the answer object as JSON (no streaming)")
     p.set_defaults(func=run_ask)
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from ragtune.device import GENERATOR_DTYPE_HELP, GENERATOR_DTYPES
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("eval", help="compare RAG, in-context learning and fine-tuning on the same questions",
@@ -21,9 +23,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--resume", action="store_true", help="continue a killed run: skip (arm, question) pairs done")
     p.add_argument("--arms", help="comma-separated arm names to run (default: all in the config)")
     p.add_argument("--model", help="generator preset or path (overrides the config)")
-    p.add_argument("--dtype", choices=["auto", "bf16", "fp32", "int8"],
-                   help="generator dtype (overrides the config): auto = bf16 where the CPU has native bf16, else "
-                        "fp32; int8 = fp32 with int8 linear layers, ~1.7x faster on CPUs without native bf16")
+    p.add_argument("--dtype", choices=GENERATOR_DTYPES, help=GENERATOR_DTYPE_HELP + " (overrides the config)")
     p.add_argument("--batch-size", type=int, help="questions generated together (overrides the config)")
     p.add_argument("--threads", type=int, help="torch threads (1 is much faster when other jobs share the CPU)")
     p.add_argument("--report-only", action="store_true",

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from ragtune.device import GENERATOR_DTYPE_HELP, GENERATOR_DTYPES
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("serve", help="run the HTTP API (search, answers, rebuilds, OpenAI-compatible chat)",
@@ -13,9 +15,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--index", metavar="DIR", help="index folder to serve (built with `ragtune index`)")
     p.add_argument("--model", metavar="PRESET|PATH", help="generator preset or path (default: RAGTUNE_MODEL or qwen2.5-0.5b)")
     p.add_argument("--no-generator", action="store_true", help="search only: do not load a generator")
-    p.add_argument("--dtype", default="auto", choices=["auto", "bf16", "fp32", "int8"],
-                   help="generator dtype: auto (bf16 where the CPU has native bf16, else fp32), bf16, fp32, or "
-                        "int8 (fp32 with int8 linear layers: ~2x faster on CPUs without native bf16)")
+    p.add_argument("--dtype", default="auto", choices=GENERATOR_DTYPES, help=GENERATOR_DTYPE_HELP)
     p.add_argument("--host", default="127.0.0.1", help="listen address (default 127.0.0.1, loopback only)")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--no-auth-local", action="store_true",
