@@ -104,6 +104,10 @@ class ArmConfig:
     """per-source: ask the sources best first and stop once no unasked source could change the winner
     (the same answers as asking all k, at lower cost); false = ask all k (complete candidate lists,
     e.g. to choose source_temperature)."""
+    trim: bool = False
+    """Drop the words at the start and end of each answer that only repeat the question
+    (retriever.answer.drop_restated: "The aboral organ is located at the opposite end" -> "at the
+    opposite end"); the row keeps the reply as `untrimmed`. For untuned models, which restate."""
     max_new_tokens: int | None = None
     """None = the config's max_new_tokens (cot arms get cot_max_new_tokens)."""
     adapter: str | None = None
@@ -138,6 +142,8 @@ class ArmConfig:
             raise ValueError(f"arm {self.name}: fusion per-source needs mode rag")
         if not isinstance(self.source_temperature, (int, float)) or not self.source_temperature > 0:
             raise ValueError(f"arm {self.name}: source_temperature must be > 0, got {self.source_temperature!r}")
+        if not isinstance(self.trim, bool):
+            raise ValueError(f"arm {self.name}: trim must be true or false, got {self.trim!r}")
         if not isinstance(self.early_exit, bool):
             raise ValueError(f"arm {self.name}: early_exit must be true or false, got {self.early_exit!r}")
         if self.questions not in QUESTION_SETS:

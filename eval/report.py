@@ -43,6 +43,8 @@ def build_results(config, rows: list[dict], meta: dict, split: dict | None = Non
         s.update(mode=arm.get("mode"), style=arm.get("style"), questions=arm.get("questions", "eval"),
                  train_kind=train.get("kind"), recipe=train.get("recipe"),
                  prompt_style=arm.get("prompt_style"), fusion=arm.get("fusion", "joint"))
+        if arm.get("trim"):
+            s["trim"] = True
         if s["fusion"] == "per-source":
             s["source_temperature"] = arm.get("source_temperature")
             s["early_exit"] = arm.get("early_exit", True)
@@ -196,6 +198,11 @@ def _setup_lines(results: dict) -> list[str]:
                          f"{s.get('source_temperature')})"
                          + ("; sources asked best first, stopping once the winner is settled (exact early exit)."
                             if s.get("early_exit", True) else "; every source asked."))
+    for name, s in results["arms"].items():
+        if s.get("trim"):
+            lines.append(f"Arm `{name}`: the words at the start and end of each answer that only repeat the question "
+                         "are dropped before scoring (\"The aboral organ is located at the opposite end\" -> \"at the "
+                         "opposite end\"); results.json keeps the reply as `untrimmed`.")
     for name, s in results["arms"].items():
         if s.get("shots"):
             lines.append(f"Arm `{name}`: {s['shots']} few-shot examples per prompt, "

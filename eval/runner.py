@@ -278,6 +278,8 @@ def _answer(arm: ArmConfig, style, built: list[tuple], gens: list) -> dict:
 
 def run_arm(st: RunState, arm: ArmConfig, done: set, progress=None) -> list[dict]:
     """Answer the pending questions of one arm in batches; rows are appended as batches finish."""
+    from retriever.answer import drop_restated
+
     cfg = st.config
     style = _style_for(arm)
     questions = st.disjoint if arm.questions == "disjoint" else st.questions
@@ -304,9 +306,10 @@ def run_arm(st: RunState, arm: ArmConfig, done: set, progress=None) -> list[dict
         for q, hits, b, g, rms in zip(batch, hits_list, built, gens, ret_ms):
             ans = _answer(arm, style, b, g)
             parsed, included = ans["parsed"], ans["included"]
+            prediction = drop_restated(parsed.answer, q.question) if arm.trim else parsed.answer
             passages = [st.corpus.passage_of(h.source) for h in hits] if hits is not None else None
             row = {"arm": arm.name, "qid": q.id, "question": q.question, "answers": list(q.answers),
-                   "prediction": parsed.answer, "raw": ans["raw"], "reasoning": parsed.reasoning,
+                   "prediction": prediction, "raw": ans["raw"], "reasoning": parsed.reasoning,
                    "cited": ans["cited"], "gold_passage": q.paragraph_id,
                    "sources": [{"n": i, "source": h.source, "score": round(float(h.score), 5)}
                                for i, h in enumerate(ans["sources"], 1)] if included is not None else None,
@@ -314,9 +317,11 @@ def run_arm(st: RunState, arm: ArmConfig, done: set, progress=None) -> list[dict
                    "prompt_tokens": ans["prompt_tokens"], "new_tokens": ans["new_tokens"],
                    "retrieve_ms": round(rms, 2), "generate_ms": round(gen_ms, 2),
                    "latency_ms": round(rms + gen_ms, 2), "batch_size": len(batch)}
+            if prediction != parsed.answer:
+                row["untrimmed"] = parsed.answer
             if "candidates" in ans:
                 row["candidates"] = ans["candidates"]
-            row.update(score_row(prediction=parsed.answer, golds=q.answers, cited=ans["cited"], included=included,
+            row.update(score_row(prediction=prediction, golds=q.answers, cited=ans["cited"], included=included,
                                  retrieved_passages=passages, gold_passage=q.paragraph_id,
                                  k=cfg.arm_k(arm) if arm.uses_retrieval else None))
             rows.append(row)

@@ -6,12 +6,12 @@ importing `retriever` (e.g. for prompt styles) never pulls in faiss or torch.
 
 from __future__ import annotations
 
-from retriever.answer import ParsedAnswer, parse_answer
+from retriever.answer import ParsedAnswer, drop_restated, parse_answer
 from retriever.hit import Hit
 from retriever.prompts import STYLES, Prompt, PromptStyle, get_style, register_style, style_name
 
 __all__ = ["Hit", "Prompt", "PromptStyle", "ParsedAnswer", "STYLES", "get_style", "style_name",
-           "register_style", "parse_answer", "ExamplePool", "FewShotConfig", "SearchConfig", "Searcher"]
+           "register_style", "parse_answer", "drop_restated", "ExamplePool", "FewShotConfig", "SearchConfig", "Searcher"]
 
 _LAZY = {"ExamplePool": "retriever.fewshot", "FewShotConfig": "retriever.fewshot",
          "SearchConfig": "retriever.config", "Searcher": "retriever.searcher"}

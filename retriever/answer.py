@@ -11,6 +11,7 @@ _ANSWER_LINE = re.compile(r"^\W{0,4}(?:the\s+)?(?:final\s+|short\s+)?answer\s*(?
                           re.IGNORECASE)
 _ANSWER_IS = re.compile(r"(?:the\s+)?(?:final\s+)?answer\s+is\s*[:：]?\s*(.+)$", re.IGNORECASE)
 _LEAD = re.compile(r"^\s*(?:answer|a)\s*[:：]\s*", re.IGNORECASE)
+_WORD = re.compile(r"\w+")
 
 
 @dataclass
@@ -75,3 +76,28 @@ def parse_answer(text: str, cot: bool) -> ParsedAnswer:
         if m:
             return ParsedAnswer(answer=clean_answer(m.group(1)), reasoning="\n".join(lines[:i + 1]), cited=cited)
     return ParsedAnswer(answer=clean_answer(lines[-1]), reasoning="\n".join(lines[:-1]), cited=cited)
+
+
+def drop_restated(answer: str, question: str) -> str:
+    """Drop the words at the start and at the end of `answer` that only repeat the question.
+
+    Small untuned models often restate the question around the span that answers it:
+    "Where is the aboral organ located?" -> "The aboral organ is located at the opposite end from the
+    mouth" becomes "at the opposite end from the mouth". A word repeats the question when each of its
+    letter/digit runs occurs among the question's (case-insensitive); words between two new words are
+    kept. The answer comes back unchanged when every word repeats the question (nothing would be left).
+    """
+    asked = {w.lower() for w in _WORD.findall(question)}
+    words = answer.split()
+
+    def repeats(word: str) -> bool:
+        return all(w.lower() in asked for w in _WORD.findall(word))
+
+    lo, hi = 0, len(words)
+    while lo < hi and repeats(words[lo]):
+        lo += 1
+    while hi > lo and repeats(words[hi - 1]):
+        hi -= 1
+    if lo == hi:
+        return answer
+    return " ".join(words[lo:hi]).strip(" ,;:")

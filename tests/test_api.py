@@ -255,11 +255,45 @@ def test_ask_returns_the_answer_object(client, state):
     cot = client.post("/v1/ask", json={"question": "Why bake?", "style": "cot", "max_new_tokens": 4}).json()
     assert "reasoning" in cot and cot["style"] == "rag-cot"
     closed = client.post("/v1/ask", json={"question": "Capital of France?", "mode": "closed-book"}).json()
-    assert closed["sources"] == [] and closed["style"] == "closed-zero-shot"
+    assert closed["sources"] == [] and closed["style"] == "closed-zero-shot" and "fusion" not in closed
+
+
+def test_ask_defaults_to_per_source_over_the_top_3_and_falls_back_to_joint_when_the_queue_is_small(client, state):
+    """No fusion given: rag mode asks the top 3 sources one by one (pipeline.DEFAULT_K); top_k beyond the
+    generation queue would be a 422 with an explicit per-source, so the default answers jointly instead."""
+    a = client.post("/v1/ask", json={"question": "What do astronomers measure?", "max_new_tokens": 4}).json()
+    assert a["fusion"] == "per-source" and len(a["sources"]) == len(a["candidates"]) == 3
+    joint = client.post("/v1/ask", json={"question": "What do astronomers measure?", "max_new_tokens": 4,
+                                         "fusion": "joint"}).json()
+    assert "fusion" not in joint and "candidates" not in joint and len(joint["sources"]) == 3
+    big = state.batcher.queue_size + 1
+    r = client.post("/v1/ask", json={"question": "What do astronomers measure?", "max_new_tokens": 4, "top_k": big})
+    assert r.status_code == 200, r.text
+    assert "fusion" not in r.json() and r.json()["sources"]
+
+
+def test_ask_cli_defaults_to_per_source_over_the_top_3(world, capsys, monkeypatch):
+    """`ragtune ask` on a real index with the tiny model: per-source over 3 sources unless told otherwise;
+    `--fusion joint -k 2` puts 2 sources in one prompt and streams it."""
+    from ragtune.cli import main
+
+    monkeypatch.setenv("RAGTUNE_HOME", str(world["base"] / "home"))
+    args = ["ask", "What do astronomers measure?", "--index", str(world["index"]), "--model", str(world["lm"]),
+            "--dtype", "fp32", "--max-new-tokens", "4"]
+    assert main(args + ["--json"]) == 0
+    a = json.loads(capsys.readouterr().out)
+    assert a["fusion"] == "per-source" and len(a["sources"]) == len(a["candidates"]) == 3 and len(a["cited"]) == 1
+    assert main(args + ["--json", "--fusion", "joint", "-k", "2"]) == 0
+    joint = json.loads(capsys.readouterr().out)
+    assert "fusion" not in joint and len(joint["sources"]) == 2
+    assert main(args) == 0  # streamed to the terminal, sources listed after the answer
+    out = capsys.readouterr().out
+    assert "Sources:" in out and out.count("astronomy.md") == 1
 
 
 def test_ask_stream_sends_tokens_then_one_final_event_with_sources(client):
-    body = {"question": "Where is the nebula?", "top_k": 2, "retriever": "bm25", "stream": True, "max_new_tokens": 8}
+    body = {"question": "Where is the nebula?", "top_k": 2, "retriever": "bm25", "stream": True, "max_new_tokens": 8,
+            "fusion": "joint"}
     with client.stream("POST", "/v1/ask", json=body) as r:
         assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
         text = "".join(r.iter_text())

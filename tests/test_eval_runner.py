@@ -228,6 +228,29 @@ def test_per_source_arm_answers_each_source_and_picks_by_joint_probability(world
         assert r["prompt_tokens"] > 0
 
 
+def test_trim_arm_scores_the_trimmed_answer_and_keeps_the_reply(world, tmp_path, monkeypatch):
+    """An arm with trim: true scores drop_restated(answer, question) and keeps the parsed reply as
+    `untrimmed`; the same arm without trim is untouched (a marking stand-in shows where it applies)."""
+    import retriever.answer
+    from eval.metrics import token_f1
+    from eval.runner import ROWS_FILE, run_eval
+
+    monkeypatch.setattr(retriever.answer, "drop_restated", lambda answer, question: f"{answer} <{question}>")
+    arms = [{"name": "plain", "mode": "gold"}, {"name": "trimmed", "mode": "gold", "trim": True}]
+    results = run_eval(_config(world, arms), tmp_path / "out", models_dir=world["base"], log=lambda m: None)
+    rows = [json.loads(line) for line in (tmp_path / "out" / ROWS_FILE).read_text().splitlines()]
+    plain = {r["qid"]: r for r in rows if r["arm"] == "plain"}
+    trimmed = {r["qid"]: r for r in rows if r["arm"] == "trimmed"}
+    assert set(plain) == set(trimmed) and len(plain) == 6
+    for qid, r in trimmed.items():
+        assert "untrimmed" not in plain[qid]
+        assert r["untrimmed"] == plain[qid]["prediction"]
+        assert r["prediction"] == f"{plain[qid]['prediction']} <{r['question']}>"
+        assert r["f1"] == pytest.approx(token_f1(r["prediction"], r["answers"]))
+    assert results["arms"]["trimmed"]["trim"] is True and "trim" not in results["arms"]["plain"]
+    assert "only repeat the question" in (tmp_path / "out" / "report.md").read_text()
+
+
 def test_per_source_early_exit_gives_the_same_answers_for_fewer_prompts(world, tmp_path):
     """With a peaked source prior the top source alone settles most questions: the early-exit arm asks
     fewer prompts, yet its predictions and citations equal those of the arm that asks every source."""

@@ -144,3 +144,21 @@ def test_fit_texts_and_sentences():
 def test_parse_answer(text, cot, answer, reasoning, cited):
     p = parse_answer(text, cot)
     assert (p.answer, p.reasoning, p.cited) == (answer, reasoning, cited)
+
+
+@pytest.mark.parametrize("answer, question, expected", [
+    ("The aboral organ is located at the opposite end from the mouth", "Where is the aboral organ located?",
+     "at the opposite end from the mouth"),
+    ("The 2007 episode that featured the Master's return was \"Utopia\"",
+     "What was the 2007 episode that featured the Master's return?", "\"Utopia\""),
+    ("ABC debuted Monday Night Football in 1970", "What football program was debuted by ABC in 1970?",
+     "Monday Night"),
+    ("Paris, France", "Which city is the capital of France?", "Paris"),
+    ("1889", "When was the Eiffel Tower finished?", "1889"),
+    ("the Eiffel Tower", "When was the Eiffel Tower finished?", "the Eiffel Tower"),  # all repeated: unchanged
+    ("", "Who?", ""),
+])
+def test_drop_restated_keeps_the_new_words_between_repeated_ones(answer, question, expected):
+    from retriever import drop_restated
+
+    assert drop_restated(answer, question) == expected

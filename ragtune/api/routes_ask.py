@@ -137,11 +137,16 @@ async def ask(request: Request, req: S.AskRequest):
     (`{"text": piece}`), then ONE `final` event with the whole answer object
     (sources, cited, timings), or an `error` event.
     """
-    pieces = _Pieces() if req.stream and req.fusion == "joint" else None
+    from ragtune.pipeline import default_fusion
+
+    fusion = req.fusion or default_fusion(req.mode)
+    if req.fusion is None and req.top_k > get_batcher(request).queue_size:
+        fusion = "joint"  # the default must not fail on a server whose queue cannot hold top_k prompts
+    pieces = _Pieces() if req.stream and fusion == "joint" else None
     state, prep, jobs, queued_at = await _prepare_and_queue(
         request, question=req.question, mode=req.mode, style=req.style, top_k=req.top_k, filters=req.filters,
         retriever=req.retriever, model=req.model, adapter=req.adapter, max_new_tokens=req.max_new_tokens,
-        on_piece=pieces.put if pieces else None, fusion=req.fusion)
+        on_piece=pieces.put if pieces else None, fusion=fusion)
     model = state.model_name or ""
     if prep.per_source:
         return await _per_source(prep, jobs, model, req, state.config.source_temperature, queued_at)

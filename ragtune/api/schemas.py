@@ -9,6 +9,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from ragtune.pipeline import DEFAULT_K
+
 MAX_QUESTION_CHARS = 4000
 MAX_TOP_K = 50
 MAX_NEW_TOKENS = 1024
@@ -77,16 +79,17 @@ class AskRequest(_Strict):
     question: str = Field(min_length=1, max_length=MAX_QUESTION_CHARS)
     mode: Mode = "rag"
     style: Style = "zero-shot"
-    top_k: int = Field(5, ge=1, le=MAX_TOP_K)
+    top_k: int = Field(DEFAULT_K, ge=1, le=MAX_TOP_K)
     filters: dict[str, FilterValue] | None = None
     retriever: RetrieverName | None = None
     model: str | None = Field(None, max_length=200, description="must name the loaded model (no reload per request)")
     adapter: str | None = Field(None, min_length=1, max_length=200, description="adapter name from GET /v1/adapters")
     max_new_tokens: int | None = Field(None, ge=1, le=MAX_NEW_TOKENS)
     stream: bool = Field(False, description="Server-Sent Events: `token` events, then one `final` event")
-    fusion: Literal["joint", "per-source"] = Field(
-        "joint", description="rag mode: `joint` (all sources in one prompt) or `per-source` (one prompt per "
-        "source; the answer with the highest p(source) x p(answer | source) wins; streamed as one piece)")
+    fusion: Literal["joint", "per-source"] | None = Field(
+        None, description="rag mode: `per-source` (the default: one prompt per source; the answer with the "
+        "highest p(source) x p(answer | source) wins; streamed as one piece) or `joint` (all sources in one "
+        "prompt, streamed token by token); closed-book, or top_k above the server's queue size: joint")
 
     _q = field_validator("question")(_question)
     _f = field_validator("filters")(_filters)
@@ -131,7 +134,7 @@ class ChatRequest(BaseModel):
     max_completion_tokens: int | None = Field(None, ge=1, le=MAX_NEW_TOKENS)
     n: int = Field(1, ge=1, le=1, description="only 1 is supported")
     # ragtune extensions
-    top_k: int = Field(5, ge=1, le=MAX_TOP_K)
+    top_k: int = Field(DEFAULT_K, ge=1, le=MAX_TOP_K)
     mode: Mode = "rag"
     style: Style = "zero-shot"
     filters: dict[str, FilterValue] | None = None
