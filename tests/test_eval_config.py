@@ -36,6 +36,7 @@ def test_shipped_configs_load():
     ({"arms": [{"name": "x", "colour": 1}]}, "unknown field(s) colour"),
     ({"arms": [{"name": "a b"}]}, "arm name"),
     ({"arms": [{"name": "x", "k": 0}]}, "k must be a positive integer"),
+    ({"arms": [{"name": "x", "trim": "yes"}]}, "trim must be true or false"),
     ({"arms": [{"name": "x", "train": {"kind": "magic"}}]}, "train.kind must be one of"),
     ({"arms": [{"name": "x", "train": {"max_steps": 0}}]}, "max_steps must be a positive integer"),
     ({"arms": [{"name": "x", "adapter": "a", "train": {}}]}, "not both"),
