@@ -187,6 +187,9 @@ def main() -> int:
     p.add_argument("--max-new-tokens-cap", type=int, default=32, help="server cap (keeps fuzzed asks short)")
     p.add_argument("--max-batch", type=int, default=8)
     p.add_argument("--top-k", type=int, default=3)
+    p.add_argument("--fusion", choices=["joint", "per-source"], default="joint",
+                   help="/v1/ask fusion (default joint: one streamed prompt per request, as measured so far; "
+                   "the API's own default is per-source)")
     p.add_argument("--fuzz-examples", type=int, default=15)
     p.add_argument("--fuzz-max-time", type=int, default=240)
     p.add_argument("--no-fuzz", action="store_true")
@@ -200,10 +203,10 @@ def main() -> int:
     base = f"http://127.0.0.1:{port}"
     proc = start_server(index, args.model, port, args)
     result: dict = {"model": args.model, "index": str(index), "questions": len(questions),
-                    "max_new_tokens": args.max_new_tokens, "top_k": args.top_k, "max_batch": args.max_batch}
+                    "max_new_tokens": args.max_new_tokens, "top_k": args.top_k, "fusion": args.fusion, "max_batch": args.max_batch}
     try:
         result["ready_s"] = round(wait_ready(base, proc), 1)
-        ask = dict(top_k=args.top_k, max_new_tokens=args.max_new_tokens)
+        ask = dict(top_k=args.top_k, max_new_tokens=args.max_new_tokens, fusion=args.fusion)
         asyncio.run(drive(base, "/v1/ask", bodies_for(questions, 0, **ask), 1, 5, 3))  # warm-up
         result["search"] = asyncio.run(drive(base, "/v1/search", bodies_for(questions, 1, top_k=5),
                                              args.search_clients, args.duration, args.max_requests * 10))
