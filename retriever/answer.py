@@ -79,25 +79,21 @@ def parse_answer(text: str, cot: bool) -> ParsedAnswer:
 
 
 def drop_restated(answer: str, question: str) -> str:
-    """Drop the words at the start and at the end of `answer` that only repeat the question.
+    """Drop the words at the start of `answer` that only repeat the question.
 
-    Small untuned models often restate the question around the span that answers it:
+    Small untuned models often restate the question before the span that answers it:
     "Where is the aboral organ located?" -> "The aboral organ is located at the opposite end from the
     mouth" becomes "at the opposite end from the mouth". A word repeats the question when each of its
-    letter/digit runs occurs among the question's (case-insensitive); words between two new words are
-    kept. The answer comes back unchanged when every word repeats the question (nothing would be left).
+    letter/digit runs occurs among the question's (case-insensitive). Words at the end are kept even when
+    the question has them: they are usually the answer's head noun ("What stadium ...?" -> "Levi's
+    Stadium", which SQuAD's annotators include). The answer comes back unchanged when every word repeats
+    the question (nothing would be left).
     """
     asked = {w.lower() for w in _WORD.findall(question)}
     words = answer.split()
-
-    def repeats(word: str) -> bool:
-        return all(w.lower() in asked for w in _WORD.findall(word))
-
-    lo, hi = 0, len(words)
-    while lo < hi and repeats(words[lo]):
+    lo = 0
+    while lo < len(words) and all(w.lower() in asked for w in _WORD.findall(words[lo])):
         lo += 1
-    while hi > lo and repeats(words[hi - 1]):
-        hi -= 1
-    if lo == hi:
+    if lo == len(words):
         return answer
-    return " ".join(words[lo:hi]).strip(" ,;:")
+    return " ".join(words[lo:]).strip(" ,;:")
