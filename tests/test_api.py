@@ -291,6 +291,30 @@ def test_ask_cli_defaults_to_per_source_over_the_top_3(world, capsys, monkeypatc
     assert "Sources:" in out and out.count("astronomy.md") == 1
 
 
+def test_prompt_cli_prints_what_ask_sends(world, capsys, monkeypatch):
+    """`ragtune prompt` on a rag style: by default the per-source prompts `ragtune ask` sends (the same
+    messages as pipeline.prepare), one source each; `--fusion joint` one prompt with all k."""
+    from ragtune.cli import main
+    from ragtune.commands.ask import _searcher
+    from ragtune.commands.prompt import load_tokenizer
+    from ragtune.pipeline import AskOptions, prepare
+
+    monkeypatch.setenv("RAGTUNE_HOME", str(world["base"] / "home"))
+    q = "What do astronomers measure?"
+    assert main(["prompt", q, "--index", str(world["index"]), "--model", str(world["lm"]), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["fusion"] == "per-source" and len(out["prompts"]) == 3
+    assert all(len(p["sources"]) == 1 for p in out["prompts"])
+    models = world["base"] / "home" / "models"
+    prepared = prepare(q, AskOptions(k=3, fusion="per-source"), searcher=_searcher(str(world["index"]), models),
+                       tokenizer=load_tokenizer(str(world["lm"]), models))
+    assert [p["messages"] for p in out["prompts"]] == [p.messages for p in prepared.per_source]
+    assert main(["prompt", q, "--index", str(world["index"]), "--model", str(world["lm"]), "--json",
+                 "--fusion", "joint", "-k", "2"]) == 0
+    joint = json.loads(capsys.readouterr().out)
+    assert joint["style"] == "rag-zero-shot" and len(joint["sources"]) == 2
+
+
 def test_ask_stream_sends_tokens_then_one_final_event_with_sources(client):
     body = {"question": "Where is the nebula?", "top_k": 2, "retriever": "bm25", "stream": True, "max_new_tokens": 8,
             "fusion": "joint"}

@@ -9,6 +9,8 @@ import sys
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    from ragtune.pipeline import DEFAULT_K
+
     p = sub.add_parser("prompt", help="print the exact prompt messages for a question (no generator)",
                        description="Build the prompt of a style (closed-/rag- zero-shot, few-shot, cot) for a "
                        "question, retrieving sources from --index for rag styles, and print the messages.")
@@ -17,7 +19,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="closed-zero-shot | closed-few-shot | closed-cot | rag-zero-shot | rag-few-shot | rag-cot "
                         "(default rag-zero-shot)")
     p.add_argument("--index", metavar="INDEX_DIR", help="index folder (needed by rag-* styles)")
-    p.add_argument("-k", type=int, default=5, help="sources to retrieve (default 5)")
+    p.add_argument("-k", type=int, default=DEFAULT_K, help=f"sources to retrieve (default {DEFAULT_K}, as ragtune ask)")
+    p.add_argument("--fusion", choices=["per-source", "joint"], default=None,
+                   help="rag styles: per-source (default, what `ragtune ask` sends: one prompt per source, "
+                   "printed one after the other) or joint (all the sources in one prompt)")
     p.add_argument("--retriever", choices=["dense", "bm25", "hybrid"], help="default: hybrid")
     p.add_argument("--filter", action="append", default=[], metavar="KEY=VALUE",
                    help="metadata filter before ranking, e.g. file_type=pdf or 'source=guides/*' (repeatable)")
@@ -101,11 +106,30 @@ def run_prompt(args: argparse.Namespace) -> int:
             tokenizer = load_tokenizer(model, settings.models_dir)
         except (OSError, ValueError, RuntimeError, ImportError) as err:
             print(f"note: counting the budget approximately ({model} tokenizer unavailable: {err})", file=sys.stderr)
+    if style.uses_context and (args.fusion or "per-source") == "per-source":
+        # as ragtune.pipeline.prepare: each source alone, cut to the budget, in its own prompt
+        prompts = [style.build(args.question, sources=f, examples=examples, tokenizer=tokenizer)
+                   for f in (style.fit_sources([h], tokenizer, budget) for h in hits) if f]
+        if args.json:
+            print(json.dumps({"fusion": "per-source", "prompts": [p.to_dict() for p in prompts]},
+                             indent=2, ensure_ascii=False))
+            return 0
+        if not prompts:
+            print("no sources found: `ragtune ask` would answer from none", file=sys.stderr)
+        for i, prompt in enumerate(prompts, 1):
+            print(f"===== prompt {i} of {len(prompts)} (per-source: retrieved source {i} alone) =====")
+            _print(prompt, style)
+        return 0
     prompt = style.build(args.question, sources=hits, examples=examples, tokenizer=tokenizer,
                          context_budget=budget)
     if args.json:
         print(json.dumps(prompt.to_dict(), indent=2, ensure_ascii=False))
         return 0
+    _print(prompt, style)
+    return 0
+
+
+def _print(prompt, style) -> None:
     for m in prompt.messages:
         print(f"----- {m['role']} -----")
         print(m["content"])
@@ -114,4 +138,3 @@ def run_prompt(args: argparse.Namespace) -> int:
         for n, h in enumerate(prompt.sources, 1):
             cut = " (cut to fit the budget)" if h.metadata.get("truncated") else ""
             print(f"[{n}] {h.source}  score={h.score:.4f}  via {'+'.join(h.retrievers) or '-'}{cut}")
-    return 0
