@@ -112,7 +112,9 @@ def test_cli_tune_json_and_adapters(tiny, tmp_path, monkeypatch, capsys):
     sets = [a for s in FAST for a in ("--set", s)]
     assert main(["tune", "--recipe", "ia3", "--data", str(data), "--model", str(tiny), "--max-steps", "2",
                  "--name", "t1", "--json", *sets]) == 0
-    summary = json.loads(capsys.readouterr().out)
+    captured = capsys.readouterr()
+    summary = json.loads(captured.out)
+    assert "tune" in captured.err and "2/2" in captured.err  # the progress bar on stderr, even with --json
     assert set(summary) >= {"adapter", "method", "trainable_params", "trainable_pct", "steps", "train_loss",
                             "val_loss", "tokens_per_s", "seconds", "peak_mem_mb"}
     assert summary["steps"] == 2 and summary["method"] == "ia3"

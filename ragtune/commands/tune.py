@@ -29,7 +29,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--resume", action="store_true", help="continue an interrupted run from its last checkpoint")
     p.add_argument("--force", action="store_true", help="replace an existing adapter with the same name")
     p.add_argument("--no-reuse", action="store_true", help="retrain even if a matching adapter exists")
-    p.add_argument("--json", action="store_true", help="print a JSON summary instead of text")
+    p.add_argument("--json", action="store_true", help="print a JSON summary on stdout instead of text (the progress "
+                   "bar stays on stderr)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run_tune)
 
@@ -63,7 +64,7 @@ def run_tune(args: argparse.Namespace) -> int:
         texts = [c.text for c in open_index(args.index).all_chunks()]
     elif args.index:
         search = _searcher(args.index, settings.models_dir)
-    quiet = args.json or args.quiet
+    quiet = args.quiet  # the bar goes to stderr, so --json (stdout) keeps it: `ragtune eval` trains with --json
     try:
         path, summary = train_adapter(
             args.recipe, args.data, args.model or settings.generator_model, out_dir=args.out, name=args.name,
