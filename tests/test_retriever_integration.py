@@ -58,7 +58,7 @@ def test_prompt_cli_rag_cot_with_budget(index_dir, models_dir, capsys):
     if not hub.is_pulled("smollm2-135m", models_dir):
         pytest.skip("smollm2-135m not pulled")
     assert main(["prompt", "What does recall at k measure?", "--style", "rag-cot", "--index", str(index_dir),
-                 "-k", "4", "--budget", "120", "--model", "smollm2-135m", "--json"]) == 0
+                 "-k", "4", "--budget", "120", "--model", "smollm2-135m", "--json", "--fusion", "joint"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["style"] == "rag-cot" and "Answer:" in out["messages"][0]["content"]
     user = out["messages"][-1]["content"]
@@ -70,3 +70,11 @@ def test_prompt_cli_rag_cot_with_budget(index_dir, models_dir, capsys):
     tok = load_tokenizer("smollm2-135m", models_dir)
     block = user.split("\n\nQuestion:")[0].removeprefix("Sources:\n")
     assert len(tok.encode(block, add_special_tokens=False)) <= 120
+    # per-source (the default): one prompt per source, each source cut to the same budget on its own
+    assert main(["prompt", "What does recall at k measure?", "--style", "rag-cot", "--index", str(index_dir),
+                 "-k", "4", "--budget", "120", "--model", "smollm2-135m", "--json"]) == 0
+    prompts = json.loads(capsys.readouterr().out)["prompts"]
+    assert len(prompts) == 4 and all(len(p["sources"]) == 1 and p["style"] == "rag-cot" for p in prompts)
+    for p in prompts:
+        block = p["messages"][-1]["content"].split("\n\nQuestion:")[0].removeprefix("Sources:\n")
+        assert block.startswith("[1]") and len(tok.encode(block, add_special_tokens=False)) <= 120
