@@ -64,7 +64,7 @@ class AskOptions:
     """`rag` (retrieve, then answer from the sources) or `closed-book` (the model alone)."""
     style: str = "zero-shot"
     """`zero-shot` | `few-shot` | `cot`."""
-    k: int = 5
+    k: int = DEFAULT_K
     """Sources retrieved in RAG mode."""
     retriever: str | None = None
     """`dense` | `bm25` | `hybrid` (None: the searcher's default)."""
@@ -76,8 +76,9 @@ class AskOptions:
     adapter: str | None = _DEFAULT
     """Adapter for this answer (None: the base model); default: the generator's current choice."""
     fusion: str = "joint"
-    """RAG mode: `joint` (all sources in one prompt) or `per-source` (one prompt per source; the
-    answer with the highest p(source) x p(answer | source) wins, see ragtune.per_source)."""
+    """RAG mode: `joint` (all sources in one prompt) or `per-source` (one prompt per source; the answer with
+    the highest p(source) x p(answer | source) wins, see ragtune.per_source). The CLI and the API pick
+    per-source in RAG mode (`default_fusion`); this default stays joint so closed-book options need none."""
     source_temperature: float = 0.5
     """per-source: p(source) = softmax(retrieval score / this)."""
     early_exit: bool = True
