@@ -105,7 +105,7 @@ class ArmConfig:
     (the same answers as asking all k, at lower cost); false = ask all k (complete candidate lists,
     e.g. to choose source_temperature)."""
     trim: bool = False
-    """Drop the words at the start and end of each answer that only repeat the question
+    """Drop the words at the start of each answer that only repeat the question
     (retriever.answer.drop_restated: "The aboral organ is located at the opposite end" -> "at the
     opposite end"); the row keeps the reply as `untrimmed`. For untuned models, which restate."""
     max_new_tokens: int | None = None

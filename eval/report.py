@@ -200,7 +200,7 @@ def _setup_lines(results: dict) -> list[str]:
                             if s.get("early_exit", True) else "; every source asked."))
     for name, s in results["arms"].items():
         if s.get("trim"):
-            lines.append(f"Arm `{name}`: the words at the start and end of each answer that only repeat the question "
+            lines.append(f"Arm `{name}`: the words at the start of each answer that only repeat the question "
                          "are dropped before scoring (\"The aboral organ is located at the opposite end\" -> \"at the "
                          "opposite end\"); results.json keeps the reply as `untrimmed`.")
     for name, s in results["arms"].items():

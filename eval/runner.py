@@ -240,9 +240,7 @@ def _prompt_for(st: RunState, arm: ArmConfig, style, q, hits) -> list[tuple]:
     if not style.uses_context:
         return [(style.build(q.question, None, examples, tokenizer=st.tokenizer), None)]
     if arm.fusion == "per-source":
-        fitted = [style.fit_sources([h], st.tokenizer, cfg.arm_budget(arm)) for h in hits or []]
-        prompts = [style.build(q.question, f, examples, tokenizer=st.tokenizer, context_budget=None)
-                   for f in fitted if f]
+        prompts = style.build_each(q.question, hits, examples, st.tokenizer, cfg.arm_budget(arm))
         return [(p, [h.text for h in p.sources]) for p in prompts]
     fitted = style.fit_sources(hits or [], st.tokenizer, cfg.arm_budget(arm))
     if arm.order == "best-last":

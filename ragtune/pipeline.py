@@ -24,7 +24,7 @@ _DEFAULT = "__generator_default__"
 # (per-source fusion) rather than all 5 in one prompt. Measured with Qwen2.5-0.5B (int8) on 100 SQuAD
 # dev questions outside the eval sample (benchmarks/dev_arms.py, stock rag-zero-shot wording):
 # per-source top-3 F1 43.9 at 1.7 s/question; top-5 in one prompt F1 29.5 at 3.5 s; top-3 in one
-# prompt 29.5; per-source top-5 41.4. In one long prompt the small model often echoes the instruction.
+# prompt 29.5; per-source top-5 41.4. In one long prompt the small model can echo its instruction (demo, fp32).
 DEFAULT_K = 3
 
 
@@ -155,9 +155,7 @@ def prepare(question: str, options: AskOptions, searcher: Any = None, pool: Any 
                          context_budget=options.context_budget)
     prepared = Prepared(question=question, style=style, prompt=prompt, retrieve_ms=retrieve_ms)
     if options.fusion == "per-source" and style.uses_context:
-        fitted = [style.fit_sources([h], tokenizer, options.context_budget) for h in hits]
-        prepared.per_source = [style.build(question, sources=f, examples=examples, tokenizer=tokenizer)
-                               for f in fitted if f]
+        prepared.per_source = style.build_each(question, hits, examples, tokenizer, options.context_budget)
         prompt.sources = [p.sources[0] for p in prepared.per_source]
     return prepared
 

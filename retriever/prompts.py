@@ -108,6 +108,13 @@ class PromptStyle:
         messages.append({"role": "user", "content": self.user_content(question, hits)})
         return Prompt(messages=messages, sources=hits, style=self.name, examples=used)
 
+    def build_each(self, question: str, sources: list[Any] | None, examples: list["QAExample"] | None = None,
+                   tokenizer=None, context_budget: int | None = None) -> list[Prompt]:
+        """One prompt per source (per-source answering), in order: each source alone, cut to the budget on
+        its own; sources without text are skipped."""
+        fitted = (self.fit_sources([s], tokenizer, context_budget) for s in sources or [])
+        return [self.build(question, f, examples, tokenizer=tokenizer) for f in fitted if f]
+
     def fit_sources(self, sources: list[Any], tokenizer=None, budget: int | None = None) -> list[Hit]:
         """Best-first sources that fit the budget; a cut source is marked and flagged."""
         hits = [as_hit(s) for s in sources]

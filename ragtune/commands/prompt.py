@@ -107,9 +107,7 @@ def run_prompt(args: argparse.Namespace) -> int:
         except (OSError, ValueError, RuntimeError, ImportError) as err:
             print(f"note: counting the budget approximately ({model} tokenizer unavailable: {err})", file=sys.stderr)
     if style.uses_context and (args.fusion or "per-source") == "per-source":
-        # as ragtune.pipeline.prepare: each source alone, cut to the budget, in its own prompt
-        prompts = [style.build(args.question, sources=f, examples=examples, tokenizer=tokenizer)
-                   for f in (style.fit_sources([h], tokenizer, budget) for h in hits) if f]
+        prompts = style.build_each(args.question, hits, examples, tokenizer, budget)  # as ragtune.pipeline.prepare
         if args.json:
             print(json.dumps({"fusion": "per-source", "prompts": [p.to_dict() for p in prompts]},
                              indent=2, ensure_ascii=False))
