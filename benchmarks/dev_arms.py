@@ -22,9 +22,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("arms", nargs="+", help="arms as JSON objects (eval ArmConfig fields; no training)")
+def add_dev_args(ap: argparse.ArgumentParser) -> None:
+    """The options that choose the dev questions and the model (shared with dev_selection.py)."""
     ap.add_argument("--config", default=str(ROOT / "eval" / "configs" / "squad.yaml"))
     ap.add_argument("--n", type=int, default=100, help="dev questions")
     ap.add_argument("--seed", type=int, default=7, help="dev sample seed")
@@ -32,19 +31,19 @@ def main() -> int:
                     help="questions drawn (seeded) before the evaluation sample is removed; N of the rest are drawn")
     ap.add_argument("--dtype", default=None, help="generator dtype instead of the config's (auto, bf16, fp32, int8)")
     ap.add_argument("--out", default="runs/dev", help="folder for results.jsonl (appended)")
-    args = ap.parse_args()
 
-    from eval.config import ArmConfig, load_config
+
+def dev_state(args):
+    """An eval RunState whose questions are `args.n` random dev questions outside the config's sample,
+    with retrieval and the generator loaded."""
+    from eval.config import load_config
     from eval.data import load_questions, sample_questions
-    from eval.runner import ensure_generator, ensure_retrieval, prepare, run_arm
+    from eval.runner import ensure_generator, ensure_retrieval, prepare
     from ragtune.settings import Settings
 
     cfg = load_config(args.config)
     if args.dtype:
         cfg.dtype = args.dtype
-    arms = [ArmConfig(**json.loads(a)) for a in args.arms]
-    if any(a.tuned for a in arms):
-        raise SystemExit("dev_arms runs untuned arms only (train adapters through `ragtune eval`)")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     settings = Settings.from_env()
@@ -57,6 +56,22 @@ def main() -> int:
     st.models_dir = settings.models_dir
     ensure_retrieval(st)
     ensure_generator(st)
+    return st
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("arms", nargs="+", help="arms as JSON objects (eval ArmConfig fields; no training)")
+    add_dev_args(ap)
+    args = ap.parse_args()
+
+    from eval.config import ArmConfig
+    from eval.runner import run_arm
+
+    arms = [ArmConfig(**json.loads(a)) for a in args.arms]
+    if any(a.tuned for a in arms):
+        raise SystemExit("dev_arms runs untuned arms only (train adapters through `ragtune eval`)")
+    st = dev_state(args)
     for arm in arms:
         t0 = time.perf_counter()
         rows = run_arm(st, arm, set())
