@@ -72,6 +72,9 @@ def rechoose(row: dict, temperature: float, weight: float) -> str:
 def rescore(rows: list[dict]) -> dict:
     from eval.metrics import token_f1
 
+    if not rows:
+        raise SystemExit("no rows to re-score")
+
     def pct(values) -> float:
         values = list(values)
         return round(100 * sum(values) / len(values), 1)
@@ -118,12 +121,12 @@ def main() -> int:
     rows = run_arm(st, arm, set())
     seconds = time.perf_counter() - t0
     hits, _ = _retrieve(st, arm, st.questions)
+    dump = [{**row, "hit_texts": [x.text for x in h], "hit_scores": [float(x.score) for x in h]}
+            for row, h in zip(rows, hits)]
     with open(Path(args.out) / "dump.jsonl", "w", encoding="utf-8") as f:
-        for row, h in zip(rows, hits):
-            f.write(json.dumps({**row, "hit_texts": [x.text for x in h],
-                                "hit_scores": [float(x.score) for x in h]}) + "\n")
-    print(json.dumps({"arm": arm.name, "k": st.config.arm_k(arm), "s_per_q": round(seconds / len(rows), 2),
-                      **rescore(rows and [json.loads(line) for line in open(Path(args.out) / "dump.jsonl")])}))
+        f.writelines(json.dumps(row) + "\n" for row in dump)
+    print(json.dumps({"arm": arm.name, "k": st.config.arm_k(arm), "s_per_q": round(seconds / max(1, len(rows)), 2),
+                      **rescore(dump)}))
     return 0
 
 
