@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import math
 import re
 import sys
 import time
@@ -50,23 +49,17 @@ def overlap(question: str, source: str, answer: str) -> float:
 
 
 def rechoose(row: dict, temperature: float, weight: float) -> str:
-    """The answer p(source) x p(reply | source) x exp(weight x overlap) picks, equal answers pooled."""
-    from ragtune.per_source import source_prior
-    from ragtune.qadata import normalize_answer
+    """The answer `ragtune.per_source.choose` picks with each reply's log-probability raised by
+    weight x overlap, i.e. p(source) x p(reply | source) x exp(weight x overlap), equal answers pooled."""
+    from ragtune.per_source import Candidate, choose
 
     cands = row["candidates"]
-    prior = source_prior(row["hit_scores"][:len(cands)], temperature)
-    mass: dict[str, float] = {}
-    first: dict[str, int] = {}
-    for i, (c, p) in enumerate(zip(cands, prior)):
-        if c.get("answer") is None:
-            continue
-        bonus = weight * overlap(row["question"], row["hit_texts"][i], c["answer"])
-        key = normalize_answer(c["answer"])
-        mass[key] = mass.get(key, 0.0) + p * math.exp((c["logprob"] or 0.0) + bonus)
-        first.setdefault(key, i)
-    best = max(mass, key=lambda k: (mass[k], -first[k]))
-    return cands[first[best]]["answer"]
+    scored = [Candidate(c.get("answer"), None if c.get("answer") is None else
+                        (c["logprob"] or 0.0) + weight * overlap(row["question"], row["hit_texts"][i], c["answer"]),
+                        score)
+              for i, (c, score) in enumerate(zip(cands, row["hit_scores"]))]
+    best, _ = choose(scored, temperature)
+    return cands[best]["answer"]
 
 
 def rescore(rows: list[dict]) -> dict:
