@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 from eval.config import ArmConfig
-from eval.data import check_no_leak, sample_questions, write_training_jsonl
+from eval.data import check_no_leak, sample_paragraphs, sample_questions, write_training_jsonl
 
 META_NAME = "ragtune_adapter.json"
 SUMMARY_NAME = "eval_train_summary.json"
@@ -67,7 +67,8 @@ def training_rows(st, arm: ArmConfig) -> list:
     else:
         rows = sample_questions(load_examples(cfg.path(spec.data)), None)
     if spec.data != "corpus":
-        rows = sample_questions(rows, spec.limit, "random", cfg.seed)
+        rows = sample_paragraphs(rows, spec.limit, cfg.seed) if spec.sample == "paragraphs" else \
+            sample_questions(rows, spec.limit, "random", cfg.seed)
         check_no_leak(st.questions, rows, f"training data of arm {arm.name}")
         if st.disjoint:
             check_no_leak(st.disjoint, rows, f"training data of arm {arm.name} (disjoint forgetting set)")

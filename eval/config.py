@@ -54,6 +54,9 @@ class TrainSpec:
     for kind inject). Evaluation questions never enter training (checked)."""
     limit: int | None = 400
     """Use at most this many training examples (seeded sample)."""
+    sample: str = "random"
+    """How the `limit` examples are drawn: random (questions) or paragraphs (every question of randomly
+    drawn paragraphs, so questions on one passage can share it in training: recipe `train.packing: prefix`)."""
     max_steps: int = 100
     overrides: dict = field(default_factory=dict)
     """Extra recipe settings, passed as `--set key=value`."""
@@ -67,6 +70,8 @@ class TrainSpec:
             raise ValueError(f"train.limit must be a positive integer or null, got {self.limit!r}")
         if not isinstance(self.overrides, dict):
             raise ValueError("train.overrides must be a mapping of recipe keys to values")
+        if self.sample not in ("random", "paragraphs"):
+            raise ValueError(f"train.sample must be random or paragraphs, got {self.sample!r}")
 
 
 @dataclass

@@ -77,6 +77,24 @@ def sample_questions(examples: list[QAExample], limit: int | None, sample: str =
     return [e for i, e in enumerate(usable) if i in keep]
 
 
+def sample_paragraphs(examples: list[QAExample], limit: int | None, seed: int = 0) -> list[QAExample]:
+    """Every question of seeded randomly drawn paragraphs (by `paragraph_id`, else context), up to
+    `limit` questions (the last paragraph may be cut), in file order; questions without a gold answer
+    are dropped."""
+    usable = [e for e in examples if any(a.strip() for a in e.answers)]
+    if limit is None or limit >= len(usable):
+        return usable
+    groups: dict[str, list[int]] = {}
+    for i, e in enumerate(usable):
+        groups.setdefault(e.paragraph_id or e.context or e.id, []).append(i)
+    keep: list[int] = []
+    for key in random.Random(seed).sample(list(groups), len(groups)):
+        keep += groups[key][: limit - len(keep)]
+        if len(keep) >= limit:
+            break
+    return [usable[i] for i in sorted(keep)]
+
+
 def prepare_corpus(paragraphs: list[Paragraph], cache_dir: Path, docs: Path | None = None) -> Corpus:
     """Write the paragraphs as documents under the cache (or use a given docs folder)."""
     if docs is not None:

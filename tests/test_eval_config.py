@@ -6,7 +6,7 @@ import sys
 import pytest
 
 from eval.config import ArmConfig, EvalConfig, config_from_dict, load_config
-from eval.data import check_no_leak, find_leaks, pick_shots, sample_questions
+from eval.data import check_no_leak, find_leaks, pick_shots, sample_paragraphs, sample_questions
 from ragtune.qadata import QAExample
 from tests.conftest import ROOT
 
@@ -105,6 +105,25 @@ def test_sample_questions_is_seeded_in_file_order_and_drops_unanswerable():
     assert [int(e.id) for e in a] == sorted(int(e.id) for e in a)
     assert [e.id for e in sample_questions(exs, 3, "first")] == ["0", "1", "2"]
     assert len(sample_questions(exs, None)) == 20
+
+
+def test_sample_paragraphs_takes_whole_paragraphs_seeded():
+    exs = [_ex(i, ctx=f"passage {i // 4}") for i in range(40)] + [_ex(99, answers=(), ctx="passage 0")]
+    a = sample_paragraphs(exs, 10, seed=3)
+    assert [e.id for e in a] == [e.id for e in sample_paragraphs(exs, 10, seed=3)]
+    assert len(a) == 10 and [int(e.id) for e in a] == sorted(int(e.id) for e in a)
+    counts = sorted(sum(e.context == c for e in a) for c in {e.context for e in a})
+    assert counts == [2, 4, 4]  # two whole paragraphs and the start of a third
+    assert sample_paragraphs(exs, 10, seed=4) != a
+    assert len(sample_paragraphs(exs, None)) == 40
+
+
+def test_train_sample_must_be_known():
+    from eval.config import TrainSpec
+
+    assert TrainSpec(sample="paragraphs").sample == "paragraphs"
+    with pytest.raises(ValueError, match="train.sample"):
+        TrainSpec(sample="articles")
 
 
 def test_leakage_guard_catches_same_id_and_same_question_text():

@@ -25,6 +25,7 @@ def test_overrides_dotted_and_bare():
     r = load_recipe("lora", ["lr=1e-3", "r=4", "target_modules=q_proj,v_proj", "data.k=5", "train.packing=false"])
     assert r.train.lr == 1e-3 and r.method_args.r == 4 and r.data.k == 5
     assert r.method_args.target_modules == ["q_proj", "v_proj"] and r.train.packing is False
+    assert load_recipe("lora", ["packing=prefix"]).train.packing == "prefix"
 
 
 def test_switching_method_resets_its_args():
@@ -40,6 +41,7 @@ def test_switching_method_resets_its_args():
     (["data.format=qa"], "DataConfig.format"),
     (["nosuch=1"], "nosuch"),
     (["method=prompt-tuning"], "packing"),
+    (["packing=maybe"], "TrainConfig.packing"),
     (["method=qlora", "quant_type=int8"], "QLoraArgs.quant_type"),
 ])
 def test_bad_values_name_the_field(override, needle):

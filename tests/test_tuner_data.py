@@ -6,7 +6,7 @@ import pytest
 
 from tuner.config import DataConfig
 from tuner.data import (IGNORE, build_examples, closed_examples, end_of_turn_id, pack, raft_examples,
-                        split_examples, tokenize_example)
+                        share_prefixes, split_examples, tokenize_example)
 from tuner.tiny import build_tokenizer, tiny_qa_rows
 
 
@@ -147,6 +147,82 @@ def test_packed_attention_is_block_diagonal(tmp_path, tok):
         second = feats[1] if first is feats[0] else feats[0]
         alone = model(input_ids=torch.tensor([second.input_ids])).logits[0]
     assert torch.allclose(packed[n0:], alone, atol=1e-4)
+
+
+def two_questions_per_passage(n: int) -> list:
+    """n passages, each asked about twice (capital and bridges), as in SQuAD."""
+    from ragtune.qadata import QAExample
+
+    rows = []
+    for r in tiny_qa_rows(n):
+        bridges = r.context.split("It has ")[1].split()[0]
+        rows += [r, QAExample(id=f"{r.id}b", question=f"How many bridges does land {r.id} have?",
+                              answers=(bridges,), context=r.context, title=r.title, paragraph_id=r.paragraph_id)]
+    return rows
+
+
+def _one_source_features(tok, n=6):
+    exs = raft_examples(two_questions_per_passage(n), k=1, p_gold=1.0, style="rag-span")
+    return [tokenize_example(e, tok, 512) for e in exs]
+
+
+def _answers(feats):
+    return sorted(tuple(lab for lab in f.labels if lab != IGNORE) for f in feats)
+
+
+def test_shared_prefix_holds_each_passage_once(tok):
+    feats = _one_source_features(tok)
+    rows = share_prefixes(feats, 512)
+    assert sum(r.n_examples for r in rows) == 12 and all(r.n_examples >= 2 for r in rows)
+    assert sum(len(r) for r in rows) < 0.75 * sum(len(f) for f in feats)
+    for r in rows:
+        assert len(r) == len(r.labels) == len(r.position_ids) == len(r.branch_ids)
+        starts = [i for i in range(1, len(r)) if r.branch_ids[i] != r.branch_ids[i - 1]]
+        assert len(starts) == r.n_examples and all(r.labels[s] == IGNORE for s in starts)  # no loss across
+        assert len({r.position_ids[s] for s in starts}) == 1  # every branch continues after the prefix
+    packed = pack(rows, 4096)
+    assert sum(r.n_examples for r in packed) == 12
+    # every answer token is still learned exactly once
+    labelled = sorted(lab for r in packed for lab in r.labels if lab != IGNORE)
+    assert labelled == sorted(lab for f in feats for lab in f.labels if lab != IGNORE)
+    # a max_len below two examples keeps them apart; so does a high min_shared
+    assert all(r.branch_ids is None for r in share_prefixes(feats, max(len(f) for f in feats)))
+    assert len(share_prefixes(feats, 512, min_shared=10_000)) == 12
+    with pytest.raises(ValueError, match="min_shared"):
+        share_prefixes(feats, 512, min_shared=0)
+
+
+def test_shared_prefix_attention_gives_each_example_its_own_logits(tmp_path, tok):
+    """Shared-prefix rows, packed two to a row and padded, give every token the logits it has alone."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from tuner.batching import collate
+    from tuner.tiny import build_tiny_model
+
+    model = AutoModelForCausalLM.from_pretrained(build_tiny_model(tmp_path / "m")).eval()
+    feats = _one_source_features(tok, 3)
+    rows = pack(share_prefixes(feats, 512), 400)
+    assert any(r.n_examples > 2 for r in rows) and len({len(r) for r in rows}) > 1  # packed and padded
+    batch = collate(rows, tok.pad_token_id)
+    assert batch["attention_mask"].shape == (len(rows), 1, batch["input_ids"].shape[1], batch["input_ids"].shape[1])
+    with torch.no_grad():
+        got = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                    position_ids=batch["position_ids"], use_cache=False).logits
+        checked = 0
+        for f in feats:
+            alone = model(input_ids=torch.tensor([f.input_ids])).logits[0]
+            answer = [i for i, lab in enumerate(f.labels) if lab != IGNORE]
+            # find f's answer tokens in the rows: the branch whose tokens end f's sequence
+            for r, row in enumerate(rows):
+                for b in set(row.branch_ids or []) - {0}:
+                    idx = [i for i, x in enumerate(row.branch_ids) if x == b]
+                    if [row.input_ids[i] for i in idx] == f.input_ids[len(f) - len(idx):]:
+                        tail = alone[len(f) - len(idx):]
+                        assert torch.allclose(got[r, idx], tail, atol=1e-4)
+                        assert answer[0] >= len(f) - len(idx)
+                        checked += 1
+    assert checked == len(feats)
 
 
 def test_split_is_seeded_and_disjoint():

@@ -98,21 +98,22 @@ def test_reuses_matching_adapter(tiny, rows, tmp_path):
         train_adapter("ia3", rows, str(tiny), tmp_path / "x", max_steps=2, overrides=FAST, log=lambda m: None)
 
 
-@pytest.mark.parametrize("name, packed", [("lora", False), ("lora", True), ("prompt-tuning", False)])
+@pytest.mark.parametrize("name, packed", [("lora", False), ("lora", True), ("lora", "prefix"), ("prompt-tuning", False)])
 def test_answer_only_head_gives_the_model_loss(name, packed, tiny):
     """The loop's loss (head computed only on answer tokens) equals transformers' own loss."""
     from transformers import AutoModelForCausalLM
 
     from tuner.batching import collate
     from tuner.config import load_recipe
-    from tuner.data import closed_examples, pack, tokenize_example
+    from tuner.data import closed_examples, pack, share_prefixes, tokenize_example
     from tuner.methods import get_method
     from tuner.tiny import build_tokenizer
     from tuner.train import _forward_loss
 
     tok = build_tokenizer()
     feats = [tokenize_example(e, tok, 512) for e in closed_examples(tiny_qa_rows(4))]
-    batch = collate(pack(feats, 4096) if packed else feats, tok.pad_token_id)
+    rows = pack(share_prefixes(feats, 4096), 4096) if packed == "prefix" else pack(feats, 4096) if packed else feats
+    batch = collate(rows, tok.pad_token_id)
     rec = load_recipe(name, ["dropout=0"] if name == "lora" else [])
     model = get_method(name).prepare(AutoModelForCausalLM.from_pretrained(str(tiny)), rec.method_args, tok).eval()
     with torch.no_grad():

@@ -87,7 +87,7 @@ def train_adapter(recipe: Recipe | str | Path, data: Any, model_name: str, out_d
 
     from ragtune.settings import Settings
     from tuner.adapter import save_adapter
-    from tuner.data import build_examples, data_hash, pack, split_examples, tokenize_all
+    from tuner.data import build_examples, data_hash, pack, share_prefixes, split_examples, tokenize_all
     from tuner.loading import load_base
     from tuner.methods import count_params, get_method
     from tuner.train import train_loop
@@ -122,6 +122,8 @@ def train_adapter(recipe: Recipe | str | Path, data: Any, model_name: str, out_d
                                   "choose another --name/--out or pass --force")
     train_feats = tokenize_all(train_ex, tok, cfg.max_seq_len)
     val_feats = tokenize_all(val_ex, tok, cfg.max_seq_len)
+    if cfg.packing == "prefix":
+        train_feats = share_prefixes(train_feats, cfg.max_seq_len)
     if cfg.packing:
         train_feats = pack(train_feats, cfg.max_seq_len, cfg.seed)
 

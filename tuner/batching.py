@@ -36,7 +36,8 @@ def epoch_batches(lengths: Sequence[int], batch_size: int, seed: int, epoch: int
 
 def collate(feats: Sequence[Features], pad_id: int) -> dict:
     """Right-padded tensors. Packed rows get position ids and no attention mask (the
-    block-diagonal mask is derived from the position restarts); plain rows get a mask."""
+    block-diagonal mask is derived from the position restarts); plain rows get a mask;
+    shared-prefix rows get position ids and an explicit 4D mask (`shared_prefix_mask`)."""
     import torch
 
     n = max(len(f) for f in feats)
@@ -53,8 +54,29 @@ def collate(feats: Sequence[Features], pad_id: int) -> dict:
         pos[r, :m] = torch.tensor(f.position_ids if f.position_ids is not None else list(range(m)))
         pos[r, m:] = torch.arange(n - m)  # the padding is its own (label-free) segment
     batch = {"input_ids": ids, "labels": labels, "n_tokens": int(mask.sum())}
-    if packed:
+    if any(f.branch_ids is not None for f in feats):
+        batch["position_ids"] = pos
+        batch["attention_mask"] = shared_prefix_mask(feats, pos)
+    elif packed:
         batch["position_ids"] = pos
     else:
         batch["attention_mask"] = mask
     return batch
+
+
+def shared_prefix_mask(feats: Sequence[Features], pos):
+    """Boolean (B, 1, T, T) attention mask of shared-prefix rows: causal, within one packed
+    sequence (a new one starts where the position ids restart at 0, padding included), and a
+    branch token sees only branch 0 (the shared prefix) and its own branch."""
+    import torch
+
+    branch = torch.zeros_like(pos)
+    for r, f in enumerate(feats):
+        if f.branch_ids is not None:
+            branch[r, :len(f)] = torch.tensor(f.branch_ids)
+    seq = (pos == 0).cumsum(dim=1)
+    n = pos.shape[1]
+    causal = torch.ones(n, n, dtype=torch.bool).tril()
+    same_seq = seq[:, :, None] == seq[:, None, :]
+    visible = (branch[:, None, :] == 0) | (branch[:, None, :] == branch[:, :, None])
+    return (causal & same_seq & visible)[:, None]

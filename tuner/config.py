@@ -210,8 +210,10 @@ class TrainConfig:
     """Resumable checkpoint every N optimizer steps (0 = off)."""
     patience: int = 0
     """Stop after this many evaluations without val-loss improvement (0 = off)."""
-    packing: bool = False
-    """Pack several examples per row (position ids restart per example, so attention stays separate)."""
+    packing: bool | str = False
+    """Pack several examples per row (position ids restart per example, so attention stays separate).
+    "prefix": also hold a prompt prefix shared by several examples (e.g. questions on one passage)
+    once, each example attending to it and to itself only: the same losses, fewer tokens."""
     group_by_length: bool = True
     """Batch examples of similar length together (little padding)."""
     max_seq_len: int = 512
@@ -230,6 +232,8 @@ class TrainConfig:
                f"TrainConfig.schedule must be cosine, linear or constant, got {self.schedule!r}")
         _check(0.0 <= self.warmup_ratio < 1.0, f"TrainConfig.warmup_ratio must be in [0, 1), got {self.warmup_ratio!r}")
         _check(self.dtype in ("auto", "bf16", "fp32"), f"TrainConfig.dtype must be auto, bf16 or fp32, got {self.dtype!r}")
+        _check(self.packing in (True, False, "prefix"),
+               f"TrainConfig.packing must be true, false or prefix, got {self.packing!r}")
 
 
 @dataclass
@@ -323,7 +327,7 @@ def _coerce(value: Any, f: dataclasses.Field, cls: type) -> Any:
     """YAML gives strings for `--set` values and ints for floats; bring them to the field's type."""
     t = str(f.type)
     where = f"{cls.__name__}.{f.name}"
-    if isinstance(value, str) and t in ("int", "float", "bool"):  # from --set or quoted YAML
+    if isinstance(value, str) and t in ("int", "float", "bool", "bool | str"):  # from --set or quoted YAML
         import yaml
 
         value = yaml.safe_load(value)

@@ -48,6 +48,9 @@ class Features:
     position_ids: list[int] | None = None
     """Set for packed rows: restarts at 0 at each example."""
     n_examples: int = 1
+    branch_ids: list[int] | None = None
+    """Set for shared-prefix rows (`share_prefixes`): 0 on a shared prompt prefix, b on the
+    rest of its b-th example, which sees only the prefix and itself."""
 
     def __len__(self) -> int:
         return len(self.input_ids)
@@ -285,6 +288,66 @@ def prompt_ids(ex: ChatExample, tokenizer) -> list[int]:
     return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
+def _prompt_len(f: Features) -> int:
+    """Leading tokens without a label (the prompt)."""
+    n = 0
+    while n < len(f.labels) and f.labels[n] == IGNORE:
+        n += 1
+    return n
+
+
+def _common_prefix(a: Sequence[int], b: Sequence[int], limit: int) -> int:
+    n = 0
+    while n < limit and a[n] == b[n]:
+        n += 1
+    return n
+
+
+def share_prefixes(features: Sequence[Features], max_len: int, min_shared: int = 16) -> list[Features]:
+    """Merge examples whose prompts begin with the same tokens (several questions on one passage,
+    one system prompt) into one sequence holding that prefix once, then each example's rest.
+
+    Each rest ("branch") keeps its own position ids (continuing after the prefix) and, through
+    `branch_ids`, attends only to the prefix and to itself (`batching.collate` builds the mask),
+    so every answer token gets the loss it would get alone while the prefix is computed once.
+    Every branch starts with at least one prompt token, so no loss crosses a branch boundary.
+    Examples are sorted by prompt and merged greedily; merged sequences stay within `max_len`, and
+    examples sharing fewer than `min_shared` tokens stay apart.
+    """
+    if min_shared < 1:
+        raise ValueError(f"min_shared must be at least 1, got {min_shared}")
+    prompt = [_prompt_len(f) for f in features]
+    order = sorted(range(len(features)), key=lambda i: (features[i].input_ids[:prompt[i]], i))
+    groups: list[tuple[int, list[int]]] = []  # (shared length, members)
+    for i in order:
+        f, cap = features[i], prompt[i] - 1
+        if groups:
+            before, members = groups[-1]
+            shared = _common_prefix(features[members[0]].input_ids, f.input_ids, min(before, cap))
+            size = shared + sum(len(features[j]) - shared for j in members + [i])
+            # join unless the shorter common prefix would save fewer tokens than the group saves now
+            saves = len(members) * shared >= (len(members) - 1) * before
+            if shared >= min_shared and size <= max_len and saves:
+                groups[-1] = (shared, members + [i])
+                continue
+        groups.append((max(cap, 0), [i]))
+    out = []
+    for shared, members in groups:
+        if len(members) == 1:
+            out.append(features[members[0]])
+            continue
+        ids, labels = list(features[members[0]].input_ids[:shared]), [IGNORE] * shared
+        pos, branch = list(range(shared)), [0] * shared
+        for b, j in enumerate(members, 1):
+            f = features[j]
+            ids += f.input_ids[shared:]
+            labels += f.labels[shared:]
+            pos += list(range(shared, len(f)))
+            branch += [b] * (len(f) - shared)
+        out.append(Features(ids, labels, pos, n_examples=len(members), branch_ids=branch))
+    return out
+
+
 def pack(features: Sequence[Features], max_len: int, seed: int = 0) -> list[Features]:
     """Pack examples into rows of at most `max_len` tokens (first-fit decreasing).
 
@@ -292,6 +355,7 @@ def pack(features: Sequence[Features], max_len: int, seed: int = 0) -> list[Feat
     position ids given, transformers builds a block-diagonal causal mask from the
     position restarts, so packed examples do not attend to each other. The first token
     of every example carries no label, so no loss crosses an example boundary.
+    Shared-prefix sequences (`share_prefixes`) are packed like examples and keep their branches.
     """
     order = sorted(range(len(features)), key=lambda i: (-len(features[i]), i))
     rows: list[list[int]] = []
@@ -309,11 +373,14 @@ def pack(features: Sequence[Features], max_len: int, seed: int = 0) -> list[Feat
     random.Random(seed).shuffle(rows)
     out = []
     for row in rows:
-        ids, labels, pos = [], [], []
+        ids, labels, pos, branch = [], [], [], []
         for i in row:
             f = features[i]
             ids += f.input_ids
             labels += [IGNORE] + f.labels[1:]
-            pos += list(range(len(f)))
-        out.append(Features(ids, labels, pos, n_examples=len(row)))
+            pos += f.position_ids if f.position_ids is not None else list(range(len(f)))
+            branch += f.branch_ids if f.branch_ids is not None else [0] * len(f)
+        shared = any(features[i].branch_ids is not None for i in row)
+        out.append(Features(ids, labels, pos, n_examples=sum(features[i].n_examples for i in row),
+                            branch_ids=branch if shared else None))
     return out
