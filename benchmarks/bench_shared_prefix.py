@@ -7,7 +7,8 @@ the one source (the `ft-rag` arm's data), all questions of each sampled paragrap
 In one process: (1) the summed answer-token loss of every example at initialisation, computed
 through plain packed rows and through shared-prefix rows (they must agree up to bf16 noise);
 (2) one epoch of LoRA training (r=16, all-linear, the ft-rag recipe) over the same examples each
-way, timed, and the validation loss after it. Prints JSON with the examples/s ratio.
+way, timed, and the validation loss after it. Prints JSON with the examples/s ratio. Also times
+tokenising the examples with `tokenize_all` against calling `tokenize_example` on each.
 """
 
 from __future__ import annotations
@@ -27,9 +28,9 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from bench_tune import SQUAD_SHIFTS, release_memory  # noqa: E402
 
 
-def build_features(args, tokenizer):
+def build_features(args, tokenizer, report: dict):
     from ragtune.qadata import load_squad
-    from tuner.data import raft_examples, split_examples, tokenize_all
+    from tuner.data import raft_examples, split_examples, tokenize_all, tokenize_example
 
     _, rows = load_squad(SQUAD_SHIFTS)
     by_par: dict[str, list] = {}
@@ -40,7 +41,17 @@ def build_features(args, tokenizer):
     examples = raft_examples(chosen, None, k=1, p_gold=1.0, style="rag-span", seed=0, tokenizer=tokenizer,
                              context_budget=args.max_seq_len - 160)
     train, val = split_examples(examples, 0.1, 16, seed=0)
-    return tokenize_all(train, tokenizer, args.max_seq_len), tokenize_all(val, tokenizer, args.max_seq_len)
+    # tokenisation: tokenize_all reads the end-of-turn id once; the plain call per example reads the
+    # vocabulary (151k entries for Qwen) every time, which the tuner did until 2026-12-03
+    t0 = time.perf_counter()
+    feats = tokenize_all(train, tokenizer, args.max_seq_len)
+    t1 = time.perf_counter()
+    plain = [tokenize_example(e, tokenizer, args.max_seq_len) for e in train]
+    t2 = time.perf_counter()
+    assert [f.input_ids for f in plain] == [f.input_ids for f in feats]
+    report["tokenize"] = {"examples": len(train), "tokenize_all_s": round(t1 - t0, 3),
+                          "per_example_call_s": round(t2 - t1, 3), "speedup": round((t2 - t1) / (t1 - t0), 1)}
+    return feats, tokenize_all(val, tokenizer, args.max_seq_len)
 
 
 def rows_for(mode: str, feats, max_len: int):
@@ -73,6 +84,7 @@ def main() -> int:
     ap.add_argument("--repeats", type=int, default=3, help="repeats of the no-gradient loss pass (median)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--tokenize-only", action="store_true", help="stop after timing the tokenisation")
     args = ap.parse_args()
 
     import torch
@@ -89,7 +101,11 @@ def main() -> int:
                  f"train.max_seq_len={args.max_seq_len}", "train.lr=3e-4", "method_args.r=16", "train.epochs=1",
                  "train.max_steps=0"]
     tok = load_base(args.model).tokenizer
-    train_feats, val_feats = build_features(args, tok)
+    train_feats, val_feats = build_features(args, tok, report)
+    print("tokenize", json.dumps(report["tokenize"]), file=sys.stderr)
+    if args.tokenize_only:
+        print(json.dumps(report, indent=2))
+        return 0
     report["examples"] = len(train_feats)
     report["example_tokens"] = sum(len(f) for f in train_feats)
     for mode in ("plain", "prefix"):

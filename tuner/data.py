@@ -252,9 +252,10 @@ def _chat_text(tokenizer, messages, add_generation_prompt):
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
 
 
-def tokenize_example(ex: ChatExample, tokenizer, max_seq_len: int) -> Features:
-    """Chat-template an example; labels only on the reply and its end-of-turn token."""
-    eot = end_of_turn_id(tokenizer)
+def tokenize_example(ex: ChatExample, tokenizer, max_seq_len: int, eot: int | None = None) -> Features:
+    """Chat-template an example; labels only on the reply and its end-of-turn token (`eot`: the
+    tokenizer's `end_of_turn_id`, given by callers that tokenize many examples: it reads the vocabulary)."""
+    eot = end_of_turn_id(tokenizer) if eot is None else eot
     enc = lambda s: tokenizer(s, add_special_tokens=False)["input_ids"]  # noqa: E731
     if ex.text is not None:  # knowledge injection: every token is a target
         ids = (enc(ex.text) + [eot])[:max_seq_len]
@@ -278,7 +279,8 @@ def tokenize_example(ex: ChatExample, tokenizer, max_seq_len: int) -> Features:
 
 
 def tokenize_all(examples: Sequence[ChatExample], tokenizer, max_seq_len: int) -> list[Features]:
-    return [tokenize_example(ex, tokenizer, max_seq_len) for ex in examples]
+    eot = end_of_turn_id(tokenizer)
+    return [tokenize_example(ex, tokenizer, max_seq_len, eot) for ex in examples]
 
 
 def prompt_ids(ex: ChatExample, tokenizer) -> list[int]:
