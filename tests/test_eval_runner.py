@@ -8,6 +8,7 @@ import math
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -150,6 +151,32 @@ def test_tuned_arm_trains_with_the_tuner_and_forgetting_arms(world, tmp_path):
     assert disjoint_q not in {r["id"] for r in train_rows} and len(train_rows) == 4
     claims = (tmp_path / "out" / "report.md").read_text()
     assert "Fine-tuning causes forgetting" in claims
+
+
+def test_training_by_whole_paragraphs_with_shared_prefixes(world, tmp_path):
+    """train.sample: paragraphs draws every question of a paragraph; the tuner trains on them with the
+    passage shared (train.packing: prefix) through `ragtune tune`."""
+    from eval.runner import run_eval
+
+    arm = {"name": "ft-rag-wide", "mode": "rag", "prompt_style": "rag-span", "fusion": "per-source",
+           "train": {"recipe": "lora", "kind": "raft", "limit": 3, "sample": "paragraphs", "max_steps": 2,
+                     "overrides": {"train.batch_size": 1, "data.k": 1, "data.p_gold": 1.0,
+                                   "data.prompt_style": "rag-span", "train.packing": "prefix",
+                                   "data.val_fraction": 0}}}
+    results = run_eval(_config(world, [arm]), tmp_path / "out", models_dir=world["base"],
+                       adapters_dir=tmp_path / "adapters", log=lambda m: None)
+    a = results["arms"]["ft-rag-wide"]
+    assert a["n"] == 6 and a["train_steps"] == 2 and a["train_examples"] == 3
+    meta = json.loads((Path(a["adapter"]) / "ragtune_adapter.json").read_text())
+    assert meta["recipe"]["train"]["packing"] == "prefix"
+    rows = [json.loads(x) for x in (world["base"] / "cache" / "train" / "ft-rag-wide.jsonl").read_text().splitlines()]
+    pool = {q["id"]: p["context"] for art in json.loads(world["pool"].read_text())["data"]
+            for p in art["paragraphs"] for q in p["qas"]}
+    by_context = {}
+    for r in rows:
+        by_context.setdefault(pool[r["id"]], []).append(r["id"])
+    whole = [c for c, ids in by_context.items() if len(ids) == sum(v == c for v in pool.values())]
+    assert len(rows) == 3 and len(whole) >= len(by_context) - 1  # whole paragraphs; the last may be cut
 
 
 def test_int8_run_trains_on_float_weights_and_answers_with_the_merged_quantised_adapter(world, tmp_path):
