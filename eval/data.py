@@ -64,11 +64,16 @@ def load_questions(path: Path) -> tuple[list[Paragraph], list[QAExample]]:
     return load_squad(path)
 
 
+def answerable(examples: list[QAExample]) -> list[QAExample]:
+    """The questions with at least one non-empty gold answer (EM/F1 need one)."""
+    return [e for e in examples if any(a.strip() for a in e.answers)]
+
+
 def sample_questions(examples: list[QAExample], limit: int | None, sample: str = "random",
                      seed: int = 0) -> list[QAExample]:
     """The first `limit` questions, or a seeded random sample kept in file order; questions
     without a gold answer are dropped (EM/F1 need one)."""
-    usable = [e for e in examples if any(a.strip() for a in e.answers)]
+    usable = answerable(examples)
     if limit is None or limit >= len(usable):
         return usable
     if sample == "first":
@@ -81,7 +86,7 @@ def sample_paragraphs(examples: list[QAExample], limit: int | None, seed: int = 
     """Every question of seeded randomly drawn paragraphs (by `paragraph_id`, else context), up to
     `limit` questions (the last paragraph may be cut), in file order; questions without a gold answer
     are dropped."""
-    usable = [e for e in examples if any(a.strip() for a in e.answers)]
+    usable = answerable(examples)
     if limit is None or limit >= len(usable):
         return usable
     groups: dict[str, list[int]] = {}
