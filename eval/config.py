@@ -24,6 +24,8 @@ chunks -> cited answer), closed-book question -> answer, or knowledge injection 
 QUESTION_SETS = ("eval", "disjoint")
 """eval: the sampled evaluation questions; disjoint: the held-out forgetting set."""
 RETRIEVERS = ("dense", "bm25", "hybrid")
+SHOT_SELECTIONS = ("random", "fixed", "similar")
+"""How an arm's few-shot examples are picked from the pool (EvalConfig.shot_selection)."""
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -94,7 +96,7 @@ class ArmConfig:
     shots: int | None = None
     """Few-shot examples per question; None = the config's shots."""
     shot_selection: str | None = None
-    """random | similar; None = the config's shot_selection."""
+    """random | fixed | similar; None = the config's shot_selection."""
     order: str = "best-first"
     """Source order in the prompt: best-first, or best-last (best source closest to the question)."""
     fusion: str = "joint"
@@ -137,8 +139,9 @@ class ArmConfig:
             raise ValueError(f"arm {self.name}: context_budget must be a positive integer, -1 or null")
         if self.shots is not None and (not isinstance(self.shots, int) or self.shots < 0):
             raise ValueError(f"arm {self.name}: shots must be >= 0, got {self.shots!r}")
-        if self.shot_selection not in (None, "random", "similar"):
-            raise ValueError(f"arm {self.name}: shot_selection must be random or similar, got {self.shot_selection!r}")
+        if self.shot_selection not in (None, *SHOT_SELECTIONS):
+            raise ValueError(f"arm {self.name}: shot_selection must be one of {', '.join(SHOT_SELECTIONS)}, "
+                             f"got {self.shot_selection!r}")
         if self.order not in ("best-first", "best-last"):
             raise ValueError(f"arm {self.name}: order must be best-first or best-last, got {self.order!r}")
         if self.fusion not in FUSIONS:
@@ -202,8 +205,9 @@ class EvalConfig:
     """Context tokens for rag arms (None = no limit)."""
     shots: int = 3
     shot_selection: str = "random"
-    """How few-shot examples are picked from the pool: random (seeded per question) or similar
-    (BM25 over the pool's questions, retriever.fewshot.ExamplePool)."""
+    """How few-shot examples are picked from the pool: random (a seeded draw per question), fixed (one
+    seeded draw shared by every question, so the generator computes their KV once and reuses it) or
+    similar (BM25 over the pool's questions, retriever.fewshot.ExamplePool)."""
     max_new_tokens: int = 32
     cot_max_new_tokens: int = 160
     batch_size: int = 8
@@ -237,8 +241,8 @@ class EvalConfig:
             raise ValueError(f"shots must be >= 0, got {self.shots!r}")
         if self.threads is not None and (not isinstance(self.threads, int) or self.threads < 1):
             raise ValueError(f"threads must be a positive integer or null, got {self.threads!r}")
-        if self.shot_selection not in ("random", "similar"):
-            raise ValueError(f"shot_selection must be random or similar, got {self.shot_selection!r}")
+        if self.shot_selection not in SHOT_SELECTIONS:
+            raise ValueError(f"shot_selection must be one of {', '.join(SHOT_SELECTIONS)}, got {self.shot_selection!r}")
         arms = []
         for i, a in enumerate(self.arms):
             if isinstance(a, dict):

@@ -214,11 +214,18 @@ def _retrieve(st: RunState, arm: ArmConfig, questions: list) -> tuple[list, list
     return hits, [per_q] * len(questions)
 
 
+FIXED_SHOTS_KEY = "\0fixed"
+"""The draw key of `shot_selection: fixed` (no question id starts with a NUL)."""
+
+
 def _shots(st: RunState, arm: ArmConfig, q) -> list:
     """Few-shot examples for one question from the (leak-checked) pool."""
     cfg = st.config
     n = cfg.arm_shots(arm)
-    if cfg.arm_shot_selection(arm) == "random" or n == 0:
+    selection = cfg.arm_shot_selection(arm)
+    if selection == "fixed":  # the same draw for every question: one shared prompt prefix
+        return pick_shots(st.pool, n, FIXED_SHOTS_KEY, cfg.seed)
+    if selection == "random" or n == 0:
         return pick_shots(st.pool, n, q.id, cfg.seed)
     if st.example_pool is None:
         from retriever.fewshot import ExamplePool, FewShotConfig

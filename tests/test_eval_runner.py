@@ -417,14 +417,16 @@ def test_heldout_training_questions_never_repeat_an_evaluated_question(world, tm
 
 
 def test_arm_shot_selection_overrides_the_config(world, tmp_path):
-    """An arm's shot_selection (similar: the pool questions closest to the question) overrides the
-    config's (random: a seeded draw per question); examples never come from the eval questions."""
+    """An arm's shot_selection (similar: the pool questions closest to the question; fixed: one draw for
+    all) overrides the config's (random: a seeded draw per question); examples never come from the eval
+    questions."""
     from eval.data import pick_shots
     from eval.runner import _shots, prepare
     from retriever.fewshot import ExamplePool, FewShotConfig
 
     arms = [{"name": "fs-random", "mode": "rag", "style": "few-shot"},
-            {"name": "fs-similar", "mode": "rag", "style": "few-shot", "shot_selection": "similar"}]
+            {"name": "fs-similar", "mode": "rag", "style": "few-shot", "shot_selection": "similar"},
+            {"name": "fs-fixed", "mode": "rag", "style": "few-shot", "shot_selection": "fixed"}]
     cfg = _config(world, arms, shots=2)
     st = prepare(cfg, tmp_path, tmp_path)
     pool = ExamplePool(st.pool, exclude=st.questions, config=FewShotConfig(k=2, strategy="similar"))
@@ -437,5 +439,8 @@ def test_arm_shot_selection_overrides_the_config(world, tmp_path):
         assert not ({e.id for e in rand + sim} & eval_ids)
         differ += [e.id for e in rand] != [e.id for e in sim]
     assert differ > 0
+    # fixed: one draw for every question, so all prompts share the examples' prefix
+    fixed = {tuple(e.id for e in _shots(st, cfg.arms[2], q)) for q in st.questions}
+    assert len(fixed) == 1 and len(next(iter(fixed))) == 2 and not set(next(iter(fixed))) & eval_ids
     with pytest.raises(ValueError, match="shot_selection"):
         _config(world, [{"name": "x", "mode": "rag", "style": "few-shot", "shot_selection": "best"}])
