@@ -30,6 +30,14 @@ ARM_COLUMNS = [
 ]
 
 
+SHOT_SELECTION_TEXT = {
+    "random": "drawn at random (seeded per question).",
+    "fixed": "one seeded random draw shared by every question.",
+    "similar": "the pool questions most similar to the question (BM25).",
+}
+"""How the report's setup section describes each `shot_selection`."""
+
+
 def build_results(config, rows: list[dict], meta: dict, split: dict | None = None) -> dict:
     """{"arms": {name: metrics}, "questions": rows, "config": ..., "split": ..., "environment": ...}."""
     cfg = config.to_dict() if hasattr(config, "to_dict") else dict(config)
@@ -206,8 +214,7 @@ def _setup_lines(results: dict) -> list[str]:
     for name, s in results["arms"].items():
         if s.get("shots"):
             lines.append(f"Arm `{name}`: {s['shots']} few-shot examples per prompt, "
-                         + ("the pool questions most similar to the question (BM25)."
-                            if s.get("shot_selection") == "similar" else "drawn at random (seeded per question)."))
+                         + SHOT_SELECTION_TEXT.get(s.get("shot_selection") or "random", SHOT_SELECTION_TEXT["random"]))
     walls = [s.get("wall_seconds") for s in results["arms"].values() if s.get("wall_seconds")]
     if walls:
         lines.append(f"Time: {sum(walls) / 60:.1f} min over all arms (loading, training and answering; the "
