@@ -214,7 +214,7 @@ def _setup_lines(results: dict) -> list[str]:
     for name, s in results["arms"].items():
         if s.get("shots"):
             lines.append(f"Arm `{name}`: {s['shots']} few-shot examples per prompt, "
-                         + SHOT_SELECTION_TEXT.get(s.get("shot_selection") or "random", SHOT_SELECTION_TEXT["random"]))
+                         + SHOT_SELECTION_TEXT[s.get("shot_selection") or "random"])
     walls = [s.get("wall_seconds") for s in results["arms"].values() if s.get("wall_seconds")]
     if walls:
         lines.append(f"Time: {sum(walls) / 60:.1f} min over all arms (loading, training and answering; the "
