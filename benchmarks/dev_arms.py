@@ -61,18 +61,29 @@ def dev_state(args):
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("arms", nargs="+", help="arms as JSON objects (eval ArmConfig fields; no training)")
+    ap.add_argument("arms", nargs="+", help="arms as JSON objects (eval ArmConfig fields; arms with `train` or "
+                                             "`adapter` get their adapter as `ragtune eval` does, cached)")
     add_dev_args(ap)
     args = ap.parse_args()
 
     from eval.config import ArmConfig
     from eval.runner import run_arm
 
+    from eval.adapters import obtain_adapter
+    from ragtune.settings import Settings
+
     arms = [ArmConfig(**json.loads(a)) for a in args.arms]
-    if any(a.tuned for a in arms):
-        raise SystemExit("dev_arms runs untuned arms only (train adapters through `ragtune eval`)")
     st = dev_state(args)
     for arm in arms:
+        if arm.tuned:  # trained (or reused from the adapters cache) exactly as `ragtune eval` would
+            name, path, info = obtain_adapter(st, arm, Settings.from_env().adapters_dir)
+            if name not in st.generator.adapters():
+                st.generator.load_adapter(name, path)
+            st.generator.set_adapter(name)
+            print(json.dumps({"arm": arm.name, "adapter": str(path),
+                              **{k: info.get(k) for k in ("train_seconds", "train_steps", "train_cached")}}), flush=True)
+        elif st.generator.adapters():
+            st.generator.set_adapter(None)
         t0 = time.perf_counter()
         rows = run_arm(st, arm, set())
         seconds = time.perf_counter() - t0

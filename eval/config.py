@@ -97,6 +97,9 @@ class ArmConfig:
     """Few-shot examples per question; None = the config's shots."""
     shot_selection: str | None = None
     """random | fixed | similar; None = the config's shot_selection."""
+    shot_seed: int | None = None
+    """Seed of the examples' draw (random / fixed selection); None = the config's seed. Lets an arm use
+    another draw without changing the evaluation sample, which the config's seed also draws."""
     order: str = "best-first"
     """Source order in the prompt: best-first, or best-last (best source closest to the question)."""
     fusion: str = "joint"
@@ -139,6 +142,8 @@ class ArmConfig:
             raise ValueError(f"arm {self.name}: context_budget must be a positive integer, -1 or null")
         if self.shots is not None and (not isinstance(self.shots, int) or self.shots < 0):
             raise ValueError(f"arm {self.name}: shots must be >= 0, got {self.shots!r}")
+        if self.shot_seed is not None and (not isinstance(self.shot_seed, int) or isinstance(self.shot_seed, bool)):
+            raise ValueError(f"arm {self.name}: shot_seed must be an integer, got {self.shot_seed!r}")
         if self.shot_selection not in (None, *SHOT_SELECTIONS):
             raise ValueError(f"arm {self.name}: shot_selection must be one of {', '.join(SHOT_SELECTIONS)}, "
                              f"got {self.shot_selection!r}")
@@ -286,6 +291,9 @@ class EvalConfig:
 
     def arm_shots(self, arm: ArmConfig) -> int:
         return self.shots if arm.shots is None else arm.shots
+
+    def arm_shot_seed(self, arm: ArmConfig) -> int:
+        return self.seed if arm.shot_seed is None else arm.shot_seed
 
     def arm_shot_selection(self, arm: ArmConfig) -> str:
         return self.shot_selection if arm.shot_selection is None else arm.shot_selection

@@ -59,6 +59,8 @@ def build_results(config, rows: list[dict], meta: dict, split: dict | None = Non
         if arm.get("style") == "few-shot" or "few-shot" in str(arm.get("prompt_style") or ""):
             s["shots"] = cfg.get("shots") if arm.get("shots") is None else arm.get("shots")
             s["shot_selection"] = arm.get("shot_selection") or cfg.get("shot_selection", "random")
+            if arm.get("shot_seed") is not None:
+                s["shot_seed"] = arm["shot_seed"]
         s.update({k: v for k, v in (meta.get(name) or {}).items() if v is not None})
         arms[name] = s
     return {"arms": arms, "questions": rows, "config": cfg, "split": split or {},
@@ -214,7 +216,8 @@ def _setup_lines(results: dict) -> list[str]:
     for name, s in results["arms"].items():
         if s.get("shots"):
             lines.append(f"Arm `{name}`: {s['shots']} few-shot examples per prompt, "
-                         + SHOT_SELECTION_TEXT[s.get("shot_selection") or "random"])
+                         + SHOT_SELECTION_TEXT[s.get("shot_selection") or "random"].rstrip(".")
+                         + (f" (draw seed {s['shot_seed']})" if s.get("shot_seed") is not None else "") + ".")
     walls = [s.get("wall_seconds") for s in results["arms"].values() if s.get("wall_seconds")]
     if walls:
         lines.append(f"Time: {sum(walls) / 60:.1f} min over all arms (loading, training and answering; the "

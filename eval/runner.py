@@ -223,10 +223,11 @@ def _shots(st: RunState, arm: ArmConfig, q) -> list:
     cfg = st.config
     n = cfg.arm_shots(arm)
     selection = cfg.arm_shot_selection(arm)
+    seed = cfg.arm_shot_seed(arm)
     if selection == "fixed":  # the same draw for every question: one shared prompt prefix
-        return pick_shots(st.pool, n, FIXED_SHOTS_KEY, cfg.seed)
+        return pick_shots(st.pool, n, FIXED_SHOTS_KEY, seed)
     if selection == "random" or n == 0:
-        return pick_shots(st.pool, n, q.id, cfg.seed)
+        return pick_shots(st.pool, n, q.id, seed)
     if st.example_pool is None:
         from retriever.fewshot import ExamplePool, FewShotConfig
 

@@ -426,7 +426,8 @@ def test_arm_shot_selection_overrides_the_config(world, tmp_path):
 
     arms = [{"name": "fs-random", "mode": "rag", "style": "few-shot"},
             {"name": "fs-similar", "mode": "rag", "style": "few-shot", "shot_selection": "similar"},
-            {"name": "fs-fixed", "mode": "rag", "style": "few-shot", "shot_selection": "fixed"}]
+            {"name": "fs-fixed", "mode": "rag", "style": "few-shot", "shot_selection": "fixed"},
+            {"name": "fs-fixed-9", "mode": "rag", "style": "few-shot", "shot_selection": "fixed", "shot_seed": 9}]
     cfg = _config(world, arms, shots=2)
     st = prepare(cfg, tmp_path, tmp_path)
     pool = ExamplePool(st.pool, exclude=st.questions, config=FewShotConfig(k=2, strategy="similar"))
@@ -442,5 +443,10 @@ def test_arm_shot_selection_overrides_the_config(world, tmp_path):
     # fixed: one draw for every question, so all prompts share the examples' prefix
     fixed = {tuple(e.id for e in _shots(st, cfg.arms[2], q)) for q in st.questions}
     assert len(fixed) == 1 and len(next(iter(fixed))) == 2 and not set(next(iter(fixed))) & eval_ids
+    # shot_seed: another fixed draw, while the evaluation sample (drawn with the config's seed) stays
+    fixed9 = {tuple(e.id for e in _shots(st, cfg.arms[3], q)) for q in st.questions}
+    assert len(fixed9) == 1 and fixed9 != fixed and not set(next(iter(fixed9))) & eval_ids
     with pytest.raises(ValueError, match="shot_selection"):
         _config(world, [{"name": "x", "mode": "rag", "style": "few-shot", "shot_selection": "best"}])
+    with pytest.raises(ValueError, match="shot_seed"):
+        _config(world, [{"name": "x", "mode": "rag", "style": "few-shot", "shot_seed": "7"}])
