@@ -100,6 +100,9 @@ class ArmConfig:
     shot_seed: int | None = None
     """Seed of the examples' draw (random / fixed selection); None = the config's seed. Lets an arm use
     another draw without changing the evaluation sample, which the config's seed also draws."""
+    example_words: int | None = None
+    """RAG few-shot: words of each example's context shown (its answer sentence and neighbours); None =
+    the style's default (60)."""
     order: str = "best-first"
     """Source order in the prompt: best-first, or best-last (best source closest to the question)."""
     fusion: str = "joint"
@@ -144,6 +147,9 @@ class ArmConfig:
             raise ValueError(f"arm {self.name}: shots must be >= 0, got {self.shots!r}")
         if self.shot_seed is not None and (not isinstance(self.shot_seed, int) or isinstance(self.shot_seed, bool)):
             raise ValueError(f"arm {self.name}: shot_seed must be an integer, got {self.shot_seed!r}")
+        if self.example_words is not None and (not isinstance(self.example_words, int)
+                                               or isinstance(self.example_words, bool) or self.example_words < 1):
+            raise ValueError(f"arm {self.name}: example_words must be a positive integer, got {self.example_words!r}")
         if self.shot_selection not in (None, *SHOT_SELECTIONS):
             raise ValueError(f"arm {self.name}: shot_selection must be one of {', '.join(SHOT_SELECTIONS)}, "
                              f"got {self.shot_selection!r}")

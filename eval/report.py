@@ -61,6 +61,8 @@ def build_results(config, rows: list[dict], meta: dict, split: dict | None = Non
             s["shot_selection"] = arm.get("shot_selection") or cfg.get("shot_selection", "random")
             if arm.get("shot_seed") is not None:
                 s["shot_seed"] = arm["shot_seed"]
+            if arm.get("example_words") is not None:
+                s["example_words"] = arm["example_words"]
         s.update({k: v for k, v in (meta.get(name) or {}).items() if v is not None})
         arms[name] = s
     return {"arms": arms, "questions": rows, "config": cfg, "split": split or {},
@@ -215,7 +217,9 @@ def _setup_lines(results: dict) -> list[str]:
                          "opposite end\"); results.json keeps the reply as `untrimmed`.")
     for name, s in results["arms"].items():
         if s.get("shots"):
-            lines.append(f"Arm `{name}`: {s['shots']} few-shot examples per prompt, "
+            lines.append(f"Arm `{name}`: {s['shots']} few-shot examples per prompt"
+                         + (f" (each with up to {s['example_words']} words of its context)"
+                            if s.get("example_words") else "") + ", "
                          + SHOT_SELECTION_TEXT[s.get("shot_selection") or "random"].rstrip(".")
                          + (f" (draw seed {s['shot_seed']})" if s.get("shot_seed") is not None else "") + ".")
     walls = [s.get("wall_seconds") for s in results["arms"].values() if s.get("wall_seconds")]

@@ -199,9 +199,11 @@ def _style_for(arm: ArmConfig):
     import eval.styles  # noqa: F401  (registers the eval's extra styles)
     from retriever.prompts import get_style
 
-    if arm.prompt_style:
-        return get_style(arm.prompt_style)
-    return get_style("closed" if arm.mode == "closed" else "rag", arm.style)
+    style = (get_style(arm.prompt_style) if arm.prompt_style
+             else get_style("closed" if arm.mode == "closed" else "rag", arm.style))
+    if arm.example_words is not None:  # an instance attribute: the class default stays
+        style.example_context_words = arm.example_words
+    return style
 
 
 def _retrieve(st: RunState, arm: ArmConfig, questions: list) -> tuple[list, list[float]]:

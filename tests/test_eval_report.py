@@ -53,7 +53,8 @@ def test_report_from_synthetic_results(tmp_path):
             {"name": "rag-zero-shot", "mode": "rag"},
             {"name": "ft-closed", "mode": "closed", "train": {"recipe": "lora", "kind": "closed"}},
             {"name": "rag-per-source", "mode": "rag", "fusion": "per-source", "source_temperature": 0.5,
-             "style": "few-shot", "shots": 2, "shot_selection": "fixed", "shot_seed": 3}]
+             "style": "few-shot", "shots": 2, "shot_selection": "fixed", "shot_seed": 3,
+             "example_words": 150}]
     rows = (_rows("closed-zero-shot", 200, 0.1, 1, 100) + _rows("closed-cot", 200, 0.12, 2, 900)
             + _rows("rag-zero-shot", 200, 0.7, 3, 1500, rag=True) + _rows("ft-closed", 200, 0.2, 4, 90)
             + _rows("rag-per-source", 200, 0.3, 5, 1600, rag=True))
@@ -86,7 +87,8 @@ def test_report_from_synthetic_results(tmp_path):
     assert "![quality](quality.png)" in md
     assert "Time: 10.0 min over all arms" in md  # 400 s + 200 s of arm wall time
     assert "Arm `rag-per-source`: per-source answering" in md and "score / 0.5" in md
-    assert "Arm `rag-per-source`: 2 few-shot examples per prompt, one seeded random draw shared by every" in md
+    assert ("Arm `rag-per-source`: 2 few-shot examples per prompt (each with up to 150 words of its context), "
+            "one seeded random draw shared by every") in md
     assert "shared by every question (draw seed 3)." in md
     page = paths["html"].read_text()
     assert page.count("data:image/png;base64,") == 2 and "<table>" in page

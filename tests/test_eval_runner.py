@@ -450,3 +450,24 @@ def test_arm_shot_selection_overrides_the_config(world, tmp_path):
         _config(world, [{"name": "x", "mode": "rag", "style": "few-shot", "shot_selection": "best"}])
     with pytest.raises(ValueError, match="shot_seed"):
         _config(world, [{"name": "x", "mode": "rag", "style": "few-shot", "shot_seed": "7"}])
+
+
+def test_arm_example_words_sets_the_examples_context(world, tmp_path):
+    """example_words: how much of each few-shot example's context the prompt shows (the style's own
+    default otherwise); the style class is left as it was."""
+    from eval.runner import _prompt_for, _shots, _style_for, prepare
+    from retriever.prompts import RagFewShot
+
+    arms = [{"name": "short", "mode": "rag", "style": "few-shot", "shot_selection": "fixed", "example_words": 8},
+            {"name": "long", "mode": "rag", "style": "few-shot", "shot_selection": "fixed", "example_words": 400}]
+    cfg = _config(world, arms, shots=2)
+    st = prepare(cfg, tmp_path, tmp_path)
+    q = st.questions[0]
+    short, long_ = (_prompt_for(st, a, _style_for(a), q, [])[0][0] for a in cfg.arms)
+    shown = lambda p: sum(len(m["content"].split()) for m in p.messages[1:-1] if m["role"] == "user")  # noqa: E731
+    assert shown(short) < shown(long_)
+    for ex in _shots(st, cfg.arms[1], q):  # long enough for the whole paragraph: shown in full
+        assert any(ex.context.strip() in m["content"] for m in long_.messages)
+    assert RagFewShot.example_context_words == 60
+    with pytest.raises(ValueError, match="example_words"):
+        _config(world, [{"name": "x", "mode": "rag", "style": "few-shot", "example_words": 0}])
