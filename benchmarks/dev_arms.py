@@ -67,23 +67,16 @@ def main() -> int:
     args = ap.parse_args()
 
     from eval.config import ArmConfig
-    from eval.runner import run_arm
-
-    from eval.adapters import obtain_adapter
+    from eval.runner import run_arm, use_arm_adapter
     from ragtune.settings import Settings
 
     arms = [ArmConfig(**json.loads(a)) for a in args.arms]
     st = dev_state(args)
     for arm in arms:
-        if arm.tuned:  # trained (or reused from the adapters cache) exactly as `ragtune eval` would
-            name, path, info = obtain_adapter(st, arm, Settings.from_env().adapters_dir)
-            if name not in st.generator.adapters():
-                st.generator.load_adapter(name, path)
-            st.generator.set_adapter(name)
-            print(json.dumps({"arm": arm.name, "adapter": str(path),
+        info = use_arm_adapter(st, arm, Settings.from_env().adapters_dir)  # as `ragtune eval` does, cached
+        if info:
+            print(json.dumps({"arm": arm.name, "adapter": info["adapter"],
                               **{k: info.get(k) for k in ("train_seconds", "train_steps", "train_cached")}}), flush=True)
-        elif st.generator.adapters():
-            st.generator.set_adapter(None)
         t0 = time.perf_counter()
         rows = run_arm(st, arm, set())
         seconds = time.perf_counter() - t0

@@ -340,6 +340,22 @@ def run_arm(st: RunState, arm: ArmConfig, done: set, progress=None) -> list[dict
     return written
 
 
+def use_arm_adapter(st: RunState, arm: ArmConfig, adapters_dir: Path) -> dict:
+    """Attach the arm's adapter (trained or reused from the cache), or none for an untuned arm.
+    Returns the adapter info for the report ({} when untuned)."""
+    from eval.adapters import obtain_adapter
+
+    if not arm.tuned:
+        if st.generator.adapters():
+            st.generator.set_adapter(None)
+        return {}
+    name, path, train_info = obtain_adapter(st, arm, adapters_dir)
+    if name not in st.generator.adapters():
+        st.generator.load_adapter(name, path)
+    st.generator.set_adapter(name)
+    return {"adapter": str(path), **train_info}
+
+
 def run_eval(config: EvalConfig, out_dir: Path, *, resume: bool = False, cache_dir: Path | None = None,
              models_dir: Path | None = None, adapters_dir: Path | None = None, log=print,
              embedder=None, write_report: bool = True) -> dict:
@@ -347,7 +363,6 @@ def run_eval(config: EvalConfig, out_dir: Path, *, resume: bool = False, cache_d
     import torch
     from tqdm.auto import tqdm
 
-    from eval.adapters import obtain_adapter
     from eval.report import build_results, write_reports
     from ragtune.settings import Settings
 
@@ -385,14 +400,7 @@ def run_eval(config: EvalConfig, out_dir: Path, *, resume: bool = False, cache_d
             if arm.uses_retrieval:
                 ensure_retrieval(st, embedder)
             ensure_generator(st)
-            if arm.tuned:
-                name, path, train_info = obtain_adapter(st, arm, adapters_dir)
-                if name not in st.generator.adapters():
-                    st.generator.load_adapter(name, path)
-                st.generator.set_adapter(name)
-                info.update(adapter=str(path), **train_info)
-            elif st.generator.adapters():
-                st.generator.set_adapter(None)
+            info.update(use_arm_adapter(st, arm, adapters_dir))
             t_answer = time.perf_counter()
             with tqdm(total=todo, desc=arm.name, unit="q", dynamic_ncols=True) as bar:
                 run_arm(st, arm, done, progress=bar)
