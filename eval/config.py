@@ -113,6 +113,10 @@ class ArmConfig:
     abstain: str | None = None
     """per-source: the reply meaning "this source does not answer" (an adapter trained with
     `data.negative_target`); such replies lose to any real answer."""
+    lm_prior: float = 0.0
+    """per-source: weight of the generator's mean log p(question | source) added to each source's
+    retrieval score before the softmax (UPR reranking, read from the answering prefill; ragtune.per_source).
+    > 0 asks all k sources (no early exit); 0 = retrieval scores alone."""
     early_exit: bool = True
     """per-source: ask the sources best first and stop once no unasked source could change the winner
     (the same answers as asking all k, at lower cost); false = ask all k (complete candidate lists,
@@ -163,6 +167,12 @@ class ArmConfig:
             raise ValueError(f"arm {self.name}: source_temperature must be > 0, got {self.source_temperature!r}")
         if not isinstance(self.trim, bool):
             raise ValueError(f"arm {self.name}: trim must be true or false, got {self.trim!r}")
+        if (not isinstance(self.lm_prior, (int, float)) or isinstance(self.lm_prior, bool)
+                or not 0 <= self.lm_prior < float("inf")):
+            raise ValueError(f"arm {self.name}: lm_prior must be a number >= 0, got {self.lm_prior!r}")
+        if self.lm_prior and self.fusion != "per-source":
+            raise ValueError(f"arm {self.name}: lm_prior needs fusion: per-source (it reranks the sources "
+                             f"answered one by one)")
         if not isinstance(self.early_exit, bool):
             raise ValueError(f"arm {self.name}: early_exit must be true or false, got {self.early_exit!r}")
         if self.questions not in QUESTION_SETS:

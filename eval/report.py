@@ -55,7 +55,9 @@ def build_results(config, rows: list[dict], meta: dict, split: dict | None = Non
             s["trim"] = True
         if s["fusion"] == "per-source":
             s["source_temperature"] = arm.get("source_temperature")
-            s["early_exit"] = arm.get("early_exit", True)
+            s["early_exit"] = arm.get("early_exit", True) and not arm.get("lm_prior")
+            if arm.get("lm_prior"):
+                s["lm_prior"] = arm["lm_prior"]
         if arm.get("style") == "few-shot" or "few-shot" in str(arm.get("prompt_style") or ""):
             s["shots"] = cfg.get("shots") if arm.get("shots") is None else arm.get("shots")
             s["shot_selection"] = arm.get("shot_selection") or cfg.get("shot_selection", "random")
@@ -206,8 +208,11 @@ def _setup_lines(results: dict) -> list[str]:
     for name, s in results["arms"].items():
         if s.get("fusion") == "per-source":
             lines.append(f"Arm `{name}`: per-source answering (RAG-Sequence): one prompt per retrieved source, the "
-                         "answer with the highest p(source) x p(answer | source) wins, p(source) = softmax(score / "
-                         f"{s.get('source_temperature')})"
+                         "answer with the highest p(source) x p(answer | source) wins, p(source) = softmax("
+                         + (f"score / {s.get('source_temperature')})" if not s.get("lm_prior") else
+                            f"(score + {s['lm_prior']} x the model's mean log p(question | source)) / "
+                            f"{s.get('source_temperature')}), the generator reranking the sources (UPR) in "
+                            "the prefill that answers")
                          + ("; sources asked best first, stopping once the winner is settled (exact early exit)."
                             if s.get("early_exit", True) else "; every source asked."))
     for name, s in results["arms"].items():

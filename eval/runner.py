@@ -277,7 +277,7 @@ def _answer(arm: ArmConfig, style, built: list[tuple], gens: list) -> dict:
         return out
     from ragtune.per_source import answer_per_source
 
-    pick = answer_per_source(style, gens, sources, arm.source_temperature, arm.abstain)
+    pick = answer_per_source(style, gens, sources, arm.source_temperature, arm.abstain, arm.lm_prior)
     # the answer comes from one source: that is the one it cites
     out.update(parsed=pick.parsed[pick.best], raw=gens[pick.best].text, cited=[pick.best + 1],
                candidates=pick.candidates)
@@ -304,11 +304,16 @@ def run_arm(st: RunState, arm: ArmConfig, done: set, progress=None) -> list[dict
         t0 = time.perf_counter()
         # per-source arms ask sources best first and stop once the winner is settled (exact early
         # exit, ragtune.per_source); other arms have one prompt per question: one batched call either way
-        gens = ask_per_source(lambda prompts: st.generator.generate(prompts, max_new_tokens=max_new),
+        # an lm_prior arm also scores each question given its source in the answering prefill; that
+        # prior is known only once every source is prefilled, so it asks all k
+        asked = {id(p.messages): q.question for q, b in zip(batch, built) for p, _ in b} if arm.lm_prior else None
+        gens = ask_per_source(lambda prompts: st.generator.generate(
+                                  prompts, max_new_tokens=max_new,
+                                  score=[asked[id(m)] for m in prompts] if asked else None),
                               [[p.messages for p, _ in b] for b in built],
                               [[float(p.sources[0].score) if p.sources else 0.0 for p, _ in b] for b in built],
                               lambda text: style.parse(text).answer, arm.source_temperature, arm.abstain,
-                              early_exit=arm.fusion == "per-source" and arm.early_exit)
+                              early_exit=arm.fusion == "per-source" and arm.early_exit and not arm.lm_prior)
         gen_ms = (time.perf_counter() - t0) * 1000 / len(batch)
         rows = []
         for q, hits, b, g, rms in zip(batch, hits_list, built, gens, ret_ms):

@@ -45,6 +45,9 @@ class Finished:
     logprob: float = 0.0
     """Sum of the log-probabilities of the chosen tokens, the stop token included (what the model
     gives this whole answer; from the distribution the token was chosen from)."""
+    prompt_logprob: float | None = None
+    """Mean log-probability of the prompt tokens `add(score=...)` asked about, each given all before it
+    (raw model distribution); None when none were asked about."""
 
 
 @dataclass
@@ -56,6 +59,7 @@ class _Row:
     first_ms: float = 0.0
     new: list[int] = field(default_factory=list)
     logprob: float = 0.0
+    prompt_logprob: float | None = None
 
 
 def cache_kwarg(model) -> str:
@@ -173,28 +177,45 @@ class DecodeBatch:
         return 0 if self.mask is None else int(self.mask.shape[1])
 
     # ------------------------------------------------------------------ joining
-    def add(self, prompt: list[int], tag: Any = None, max_new_tokens: int | None = None) -> None:
-        """Prefill `prompt` alone and merge it into the batch (its first token is chosen here)."""
+    def add(self, prompt: list[int], tag: Any = None, max_new_tokens: int | None = None,
+            score: tuple[int, int] | None = None) -> None:
+        """Prefill `prompt` alone and merge it into the batch (its first token is chosen here).
+
+        `score=(start, end)`: also compute the mean log-probability of `prompt[start:end]`, each token
+        given all before it (`Finished.prompt_logprob`), from the same prefill: those positions are
+        prefilled, not reused, and only their logits are kept (e.g. log p(question | source) of a RAG
+        prompt whose source comes before the question, the UPR reranking score).
+        """
         import torch
 
         if not prompt:
             raise ValueError("an empty prompt cannot be decoded")
+        if score is not None and not 1 <= score[0] < score[1] <= len(prompt):
+            raise ValueError(f"score span {score} is not inside the prompt's {len(prompt)} tokens (start >= 1)")
         row = _Row(tag=tag, prompt=list(prompt), limit=max_new_tokens or self.cfg.max_new_tokens,
                    started=time.perf_counter())
         ids = torch.tensor([prompt], dtype=torch.long, device=self.device)
         # the leading tokens this prompt shares with a recent one (at least one token is prefilled)
         reuse, kv = self.prefixes.find(prompt)
+        keep = 1  # logits kept: the last position's, plus those predicting the scored tokens
+        if score is not None:
+            reuse = min(reuse, score[0] - 1)
+            keep = len(prompt) - score[0] + 1
         if reuse >= MIN_SHARED_PREFIX:
             from transformers import DynamicCache
 
             past = DynamicCache()
             for i, (k, v) in enumerate(kv):
                 past.update(k[:, :, :reuse], v[:, :, :reuse], i)
-            out = self.model(input_ids=ids[:, reuse:], use_cache=True, logits_to_keep=1,
+            out = self.model(input_ids=ids[:, reuse:], use_cache=True, logits_to_keep=keep,
                              **{self._cache_key: past})
             self.reused_tokens += reuse
         else:
-            out = self.model(input_ids=ids, use_cache=True, logits_to_keep=1)
+            out = self.model(input_ids=ids, use_cache=True, logits_to_keep=keep)
+        if score is not None:  # logits[0, i] (position start - 1 + i) predicts token start + i
+            start, end = score
+            logp = torch.log_softmax(out.logits[0, :end - start].float(), dim=-1)
+            row.prompt_logprob = float(logp.gather(1, ids[0, start:end, None]).mean())
         cache = out.cache if getattr(out, "cache", None) is not None else out.past_key_values
         layers = getattr(cache, "layers", None)
         if not layers or any(type(layer).__name__ != "DynamicLayer" for layer in layers):
@@ -248,7 +269,7 @@ class DecodeBatch:
                     reason = "length"
             if reason:
                 finished.append(Finished(row.tag, row.new, reason, len(row.prompt), row.first_ms,
-                                         (now - row.started) * 1000, row.logprob))
+                                         (now - row.started) * 1000, row.logprob, row.prompt_logprob))
             else:
                 keep.append(j)
         if len(keep) < len(self.rows):

@@ -80,6 +80,9 @@ class Generation:
     logprob: float | None = None
     """Sum of the chosen tokens' log-probabilities, end-of-turn token included (the model's
     confidence in the whole answer); None when `model.generate` produced it (fallback path)."""
+    prompt_logprob: float | None = None
+    """Mean log-probability of the prompt text `generate(score=...)` asked about, given the prompt before
+    it (e.g. log p(question | source), the UPR reranking score); None when not asked or not available."""
 
     @property
     def tokens_per_s(self) -> float:

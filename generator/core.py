@@ -100,6 +100,23 @@ class Generator:
         """Token ids of the rendered prompt."""
         return self.tokenizer(self.render(messages), add_special_tokens=False)["input_ids"]
 
+    def encode_scored(self, messages: list[dict], text: str) -> tuple[list[int], tuple[int, int] | None]:
+        """Token ids of the rendered prompt and the token span `[start, end)` covering the last
+        occurrence of `text` in it (None when it does not occur, or the tokenizer gives no offsets)."""
+        rendered = self.render(messages)
+        at = rendered.rfind(text.strip()) if text and text.strip() else -1
+        if at < 0:
+            return self.encode(messages), None
+        try:
+            enc = self.tokenizer(rendered, add_special_tokens=False, return_offsets_mapping=True)
+        except (NotImplementedError, ValueError):  # a slow (Python) tokenizer has no offsets
+            return self.encode(messages), None
+        ids, offsets, stop = enc["input_ids"], enc["offset_mapping"], at + len(text.strip())
+        covering = [i for i, (a, b) in enumerate(offsets) if a < stop and b > at]
+        if not covering or covering[0] < 1:
+            return ids, None
+        return ids, (covering[0], covering[-1] + 1)
+
     # ---- adapters ------------------------------------------------------------------------
     def adapters(self) -> list[str]:
         """Names of the loaded adapters."""
@@ -237,7 +254,8 @@ class Generator:
                 return new_ids[:i], "stop"
         return new_ids, "length"
 
-    def generate(self, prompts: list[list[dict]], adapter=_BASE, **overrides) -> list[Generation]:
+    def generate(self, prompts: list[list[dict]], adapter=_BASE, score: list[str | None] | None = None,
+                 **overrides) -> list[Generation]:
         """Answer many chat prompts; results in input order.
 
         Continuous batching (`generator.batch.DecodeBatch`): each prompt is prefilled alone and
@@ -247,6 +265,9 @@ class Generator:
         sub-batches instead; there a prompt much shorter than its sub-batch's longest
         (`max_padding`) starts a new one. Greedy unless `do_sample=True`.
         `adapter` picks an adapter for this call (None = base); default: `set_adapter`'s.
+        `score`: per prompt, a text of it (None = nothing) whose mean token log-probability given the
+        prompt before it is returned as `Generation.prompt_logprob`, computed in the same prefill
+        (continuous batching only; None on the `model.generate` path).
         Other keyword arguments override `GenConfig` fields for this call.
         """
         import torch
@@ -254,14 +275,23 @@ class Generator:
         cfg = self.config.replace(**overrides)
         if not prompts:
             return []
-        encoded = [self.encode(m) for m in prompts]
+        if score is not None and len(score) != len(prompts):
+            raise ValueError(f"score has {len(score)} entries for {len(prompts)} prompts")
+        spans: list[tuple[int, int] | None] = [None] * len(prompts)
+        if score is None:
+            encoded = [self.encode(m) for m in prompts]
+        else:
+            encoded = []
+            for i, (m, text) in enumerate(zip(prompts, score)):
+                ids, spans[i] = self.encode_scored(m, text) if text else (self.encode(m), None)
+                encoded.append(ids)
         results: list[Generation | None] = [None] * len(encoded)
         with self._lock:
             name = self._active if adapter is _BASE else adapter
             with self._using(name), torch.inference_mode():
                 if cfg.do_sample and cfg.seed is not None:
                     torch.manual_seed(cfg.seed)
-                done = self._continuous(encoded, cfg, name) if self._can_batch_continuously() else None
+                done = self._continuous(encoded, cfg, name, spans) if self._can_batch_continuously() else None
                 if done is not None:
                     results = [self._generation(fin, name) for fin in done]
                     self.last_generation = results[-1]
@@ -296,8 +326,8 @@ class Generator:
     def _decode(self, cfg: GenConfig, take, finished, on_error=None, adapter: str | None = None) -> None:
         """Drive one `DecodeBatch` of at most `cfg.batch_size` rows until `take` is empty and no row runs.
 
-        `take(free, idle)` -> [(prompt ids, max_new_tokens or None, tag)] to admit before the next
-        step; `finished(Finished)` gets each row that stopped; `on_error(tag, err)` gets a prompt
+        `take(free, idle)` -> [(prompt ids, max_new_tokens or None, tag[, score span])] to admit before
+        the next step (`DecodeBatch.add`); `finished(Finished)` gets each row that stopped; `on_error(tag, err)` gets a prompt
         whose prefill failed (None: the error propagates). Caller holds the lock.
         """
         from generator.batch import DecodeBatch, Unsupported
@@ -305,9 +335,10 @@ class Generator:
         batch = DecodeBatch(self.model, self.stop_ids, cfg, self.pad_id, prefixes=self._prefix_store(adapter))
         while True:
             jobs = list(take(cfg.batch_size - len(batch), not len(batch)))
-            for ids, max_new, tag in jobs:
+            for job in jobs:
+                ids, max_new, tag = job[:3]
                 try:
-                    batch.add(ids, tag=tag, max_new_tokens=max_new)
+                    batch.add(ids, tag=tag, max_new_tokens=max_new, score=job[3] if len(job) > 3 else None)
                 except Unsupported:
                     raise
                 except Exception as err:  # noqa: BLE001 - this prompt fails, the others go on
@@ -321,7 +352,8 @@ class Generator:
             for fin in batch.step():
                 finished(fin)
 
-    def _continuous(self, encoded: list[list[int]], cfg: GenConfig, adapter: str | None = None) -> list | None:
+    def _continuous(self, encoded: list[list[int]], cfg: GenConfig, adapter: str | None = None,
+                    spans: list | None = None) -> list | None:
         """All prompts through `_decode`, longest first (shorter ones then join without widening
         the cache). `Finished` rows in input order; None = this model's cache needs `model.generate`."""
         from generator.batch import Unsupported
@@ -331,7 +363,7 @@ class Generator:
 
         def take(free: int, idle: bool) -> list:
             picked, order[:] = order[:free], order[free:]
-            return [(encoded[i], None, i) for i in picked]
+            return [(encoded[i], None, i, spans[i] if spans else None) for i in picked]
 
         def finished(fin) -> None:
             done[fin.tag] = fin
@@ -384,7 +416,7 @@ class Generator:
         return Generation(text=self.tokenizer.decode(fin.ids, skip_special_tokens=True),
                           prompt_tokens=fin.prompt_tokens, new_tokens=len(fin.ids), first_token_ms=fin.first_token_ms,
                           generate_ms=fin.total_ms, finish_reason=fin.reason, adapter=adapter,
-                          logprob=fin.logprob)
+                          logprob=fin.logprob, prompt_logprob=fin.prompt_logprob)
 
     def stream(self, messages: list[dict], adapter=_BASE, **overrides) -> TextStream:
         """Generate one answer, yielding text pieces as they are produced.

@@ -20,6 +20,11 @@ p(z) to any answer (p(answer | z) <= 1), so once the leading answer's mass excee
 plus the prior mass of every source not asked, no reply of theirs can change the outcome: the
 answer and the cited source are exactly those of asking all k (only the candidate list is
 shorter, and the cost lower).
+
+Reranking by the generator (`lm_weight`, UPR: Sachan et al., 2022): each source's score becomes
+retrieval score + lm_weight x mean log p(question | source), read from the same prefill that
+answers it (the question comes after the source in the prompt). The prior is then known only
+once every source is prefilled, so this asks all k (no early exit).
 """
 
 from __future__ import annotations
@@ -158,15 +163,35 @@ class SourceChoice:
     a source left unasked by the early exit has `"asked": false` and no answer."""
 
 
+def lm_scores(gens: Sequence, scores: Sequence[float], lm_weight: float) -> list[float]:
+    """Source scores for the prior: retrieval score + lm_weight x the generator's mean log p(question |
+    source) (`Generation.prompt_logprob`, asked for with `Generator.generate(score=...)`). This is UPR
+    (Sachan et al., 2022) read from the answer's own prefill. Every source must have been asked and
+    scored; otherwise (or with weight 0) the retrieval scores are returned unchanged."""
+    fits = [getattr(g, "prompt_logprob", None) if g is not None else None for g in gens]
+    if not lm_weight or any(f is None for f in fits):
+        return [float(s) for s in scores]
+    return [float(s) + lm_weight * f for s, f in zip(scores, fits)]
+
+
 def answer_per_source(style, gens: Sequence, sources: Sequence, temperature: float = 0.5,
-                      abstain: str | None = None) -> SourceChoice:
+                      abstain: str | None = None, lm_weight: float = 0.0) -> SourceChoice:
     """Parse each source's generation (`gens[i]` answered from `sources[i]` alone, a retriever hit
-    with a `score`; None = not asked, see `ask_per_source`) and choose among them."""
+    with a `score`; None = not asked, see `ask_per_source`) and choose among them. `lm_weight` > 0
+    adds the generator's log p(question | source) to each source's score (`lm_scores`)."""
     parsed = [None if g is None else style.parse(g.text) for g in gens]
-    cands = [Candidate(None if p is None else p.answer, None if g is None else g.logprob, float(h.score))
-             for p, g, h in zip(parsed, gens, sources)]
+    scores = lm_scores(gens, [h.score for h in sources], lm_weight)
+    cands = [Candidate(None if p is None else p.answer, None if g is None else g.logprob, s)
+             for p, g, s in zip(parsed, gens, scores)]
     best, joint = choose(cands, temperature, abstain)
-    rows = [{"n": i, "answer": c.answer, "logprob": None if c.logprob is None else round(c.logprob, 4),
-             "p": round(j, 6)} if c.answer is not None else {"n": i, "asked": False}
-            for i, (c, j) in enumerate(zip(cands, joint), 1)]
+    rows = []
+    for i, (c, j, g) in enumerate(zip(cands, joint, gens), 1):
+        if c.answer is None:
+            rows.append({"n": i, "asked": False})
+            continue
+        row = {"n": i, "answer": c.answer, "logprob": None if c.logprob is None else round(c.logprob, 4),
+               "p": round(j, 6)}
+        if getattr(g, "prompt_logprob", None) is not None:
+            row["question_logprob"] = round(g.prompt_logprob, 4)
+        rows.append(row)
     return SourceChoice(best, parsed, rows)

@@ -255,6 +255,51 @@ def test_per_source_arm_answers_each_source_and_picks_by_joint_probability(world
         assert r["prompt_tokens"] > 0
 
 
+def test_lm_prior_arm_reranks_sources_by_the_question_given_each_source(world, tmp_path):
+    """lm_prior: w asks every source and scores each by retrieval score + w x mean log p(question |
+    source) read from its prefill; the joint probabilities use that prior, and the answers are the
+    plain per-source arm's replies (the scoring changes the choice, not the generations)."""
+    from ragtune.per_source import source_prior
+    from eval.metrics import normalize_answer
+    from eval.runner import ROWS_FILE, run_eval
+
+    arms = [{"name": "ps", "mode": "rag", "fusion": "per-source", "early_exit": False},
+            {"name": "ps-lm", "mode": "rag", "fusion": "per-source", "lm_prior": 2.0}]
+    results = run_eval(_config(world, arms), tmp_path / "out", models_dir=world["base"], log=lambda m: None)
+    rows = [json.loads(line) for line in (tmp_path / "out" / ROWS_FILE).read_text().splitlines()]
+    plain = {r["qid"]: r for r in rows if r["arm"] == "ps"}
+    for r in (r for r in rows if r["arm"] == "ps-lm"):
+        cands = r["candidates"]
+        assert len(cands) == 2 and all(c["question_logprob"] < 0 for c in cands)  # every source asked
+        assert [c["answer"] for c in cands] == [c["answer"] for c in plain[r["qid"]]["candidates"]]
+        prior = source_prior([s["score"] + 2.0 * c["question_logprob"] for s, c in zip(r["sources"], cands)], 0.5)
+        joint = [p * math.exp(c["logprob"]) for c, p in zip(cands, prior)]
+        for c, j in zip(cands, joint):
+            assert c["p"] == pytest.approx(j, rel=1e-3, abs=1e-6)
+        if normalize_answer(cands[0]["answer"]) != normalize_answer(cands[1]["answer"]):
+            assert joint[r["cited"][0] - 1] == pytest.approx(max(joint), rel=1e-3)
+        assert all("question_logprob" not in c for c in plain[r["qid"]]["candidates"])
+    assert results["arms"]["ps-lm"]["lm_prior"] == 2.0 and results["arms"]["ps-lm"]["early_exit"] is False
+    assert "mean log p(question | source)" in (tmp_path / "out" / "report.md").read_text()
+    for bad in ({"lm_prior": -1.0}, {"lm_prior": "yes"}, {"lm_prior": True}):
+        with pytest.raises(ValueError, match="lm_prior must be a number"):
+            _config(world, [{"name": "x", "mode": "rag", "fusion": "per-source", **bad}])
+    with pytest.raises(ValueError, match="lm_prior needs fusion: per-source"):
+        _config(world, [{"name": "x", "mode": "rag", "lm_prior": 1.0}])
+
+
+def test_lm_scores_add_the_weighted_question_logprob_only_when_every_source_has_one():
+    from types import SimpleNamespace
+
+    from ragtune.per_source import lm_scores
+
+    gens = [SimpleNamespace(prompt_logprob=-1.0), SimpleNamespace(prompt_logprob=-3.0)]
+    assert lm_scores(gens, [1.0, 1.5], 1.0) == [0.0, -1.5]
+    assert lm_scores(gens, [1.0, 1.5], 0.0) == [1.0, 1.5]
+    assert lm_scores([gens[0], None], [1.0, 1.5], 1.0) == [1.0, 1.5]  # a source not asked: retrieval alone
+    assert lm_scores([gens[0], SimpleNamespace(prompt_logprob=None)], [1.0, 1.5], 1.0) == [1.0, 1.5]
+
+
 def test_trim_arm_scores_the_trimmed_answer_and_keeps_the_reply(world, tmp_path, monkeypatch):
     """An arm with trim: true scores drop_restated(answer, question) and keeps the parsed reply as
     `untrimmed`; the same arm without trim is untouched (a marking stand-in shows where it applies)."""

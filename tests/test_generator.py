@@ -244,6 +244,38 @@ def test_logprob_is_the_answers_log_likelihood(gen):
             assert b.logprob < 0
 
 
+def test_prompt_logprob_scores_a_span_of_the_prompt_in_the_same_prefill(gen):
+    """generate(score=...) returns the mean log p of that prompt text given what precedes it, equal to a
+    plain forward pass, also when the same prompts' KV is stored (the span is prefilled again), and
+    changes neither the answers nor their log-probabilities."""
+    system = {"role": "system", "content": "Answer the question with the shortest span copied from the source. "
+                                           "Reply with the answer only."}
+    questions = ["When was the tower finished?", "Who built the tower?"]
+    prompts = [[system, {"role": "user", "content": f"Sources:\n[1] {src}\n\nQuestion: {q}\n\nShortest span:"}]
+               for q in questions for src in ("The Eiffel Tower was finished in 1889.", "Rivers flow to the sea.")]
+    texts = [q for q in questions for _ in range(2)]
+    plain = gen.generate(prompts, max_new_tokens=6)
+    for attempt in range(2):  # the second time every prompt's KV is in the prefix store
+        scored = gen.generate(prompts, max_new_tokens=6, score=texts)
+        for p, text, g, ref in zip(prompts, texts, scored, plain):
+            ids, (start, end) = gen.encode_scored(p, text)
+            assert ids == gen.encode(p) and text in gen.tokenizer.decode(ids[start:end])
+            with torch.inference_mode():
+                logp = torch.log_softmax(gen.model(input_ids=torch.tensor([ids])).logits[0].float(), -1)
+            want = sum(float(logp[j - 1, ids[j]]) for j in range(start, end)) / (end - start)
+            assert g.prompt_logprob == pytest.approx(want, abs=1e-4) and g.prompt_logprob < 0
+            assert (g.text, g.logprob) == (ref.text, pytest.approx(ref.logprob, abs=1e-4))
+    assert all(g.prompt_logprob is None for g in plain)
+    assert gen.encode_scored(prompts[0], "not in the prompt")[1] is None
+    assert gen.generate(prompts[:1], max_new_tokens=2, score=[None])[0].prompt_logprob is None
+    with pytest.raises(ValueError, match="score has 1 entries for 2 prompts"):
+        gen.generate(prompts[:2], score=["x"])
+    from generator.batch import DecodeBatch
+
+    with pytest.raises(ValueError, match="not inside the prompt"), torch.inference_mode():
+        DecodeBatch(gen.model, gen.stop_ids, gen.config, gen.pad_id).add([1, 2, 3], score=(0, 2))
+
+
 def _generated_ids(gen, messages, max_new):
     """Plain model.generate's new ids for one prompt, cut after the first stop token (kept)."""
     ids = torch.tensor([gen.encode(messages)])
