@@ -117,6 +117,10 @@ class ArmConfig:
     """per-source: weight of the generator's mean log p(question | source) added to each source's
     retrieval score before the softmax (UPR reranking, read from the answering prefill; ragtune.per_source).
     > 0 asks all k sources (no early exit); 0 = retrieval scores alone."""
+    avoid_echo: bool = False
+    """Ask again (at most twice, the previous reply's first token banned) when a reply only repeats words
+    of the question ("Where is the aboral organ?" -> "The aboral organ"; retriever.answer.is_echo), as
+    small untuned models do for about one question in eight."""
     early_exit: bool = True
     """per-source: ask the sources best first and stop once no unasked source could change the winner
     (the same answers as asking all k, at lower cost); false = ask all k (complete candidate lists,
@@ -173,6 +177,8 @@ class ArmConfig:
         if self.lm_prior and self.fusion != "per-source":
             raise ValueError(f"arm {self.name}: lm_prior needs fusion: per-source (it reranks the sources "
                              f"answered one by one)")
+        if not isinstance(self.avoid_echo, bool):
+            raise ValueError(f"arm {self.name}: avoid_echo must be true or false, got {self.avoid_echo!r}")
         if not isinstance(self.early_exit, bool):
             raise ValueError(f"arm {self.name}: early_exit must be true or false, got {self.early_exit!r}")
         if self.questions not in QUESTION_SETS:

@@ -53,6 +53,8 @@ def build_results(config, rows: list[dict], meta: dict, split: dict | None = Non
                  prompt_style=arm.get("prompt_style"), fusion=arm.get("fusion", "joint"))
         if arm.get("trim"):
             s["trim"] = True
+        if arm.get("avoid_echo"):
+            s["avoid_echo"] = True
         if s["fusion"] == "per-source":
             s["source_temperature"] = arm.get("source_temperature")
             s["early_exit"] = arm.get("early_exit", True) and not arm.get("lm_prior")
@@ -215,6 +217,11 @@ def _setup_lines(results: dict) -> list[str]:
                             "the prefill that answers")
                          + ("; sources asked best first, stopping once the winner is settled (exact early exit)."
                             if s.get("early_exit", True) else "; every source asked."))
+    for name, s in results["arms"].items():
+        if s.get("avoid_echo"):
+            lines.append(f"Arm `{name}`: a reply that only repeats words of the question (\"Where is the aboral "
+                         "organ?\" -> \"The aboral organ\") is asked for again, at most twice, with the first "
+                         "token of each earlier reply banned; the first reply that is not such an echo is kept.")
     for name, s in results["arms"].items():
         if s.get("trim"):
             lines.append(f"Arm `{name}`: the words at the start of each answer that only repeat the question "

@@ -18,7 +18,7 @@ from eval.config import ArmConfig, EvalConfig
 from eval.data import (Corpus, build_corpus_index, check_no_leak, find_leaks, load_questions, pick_shots,
                        prepare_corpus, sample_questions)
 from eval.scoring import score_row
-from ragtune.per_source import ask_per_source
+from ragtune.per_source import ask_again_on_echo, ask_per_source
 
 ROWS_FILE = "results.jsonl"
 ARMS_FILE = "arms.json"
@@ -304,13 +304,22 @@ def run_arm(st: RunState, arm: ArmConfig, done: set, progress=None) -> list[dict
         t0 = time.perf_counter()
         # per-source arms ask sources best first and stop once the winner is settled (exact early
         # exit, ragtune.per_source); other arms have one prompt per question: one batched call either way
-        # an lm_prior arm also scores each question given its source in the answering prefill; that
-        # prior is known only once every source is prefilled, so it asks all k
-        asked = {id(p.messages): q.question for q, b in zip(batch, built) for p, _ in b} if arm.lm_prior else None
-        gens = ask_per_source(lambda prompts: st.generator.generate(
-                                  prompts, max_new_tokens=max_new,
-                                  score=[asked[id(m)] for m in prompts] if asked else None),
-                              [[p.messages for p, _ in b] for b in built],
+        question_of = {id(p.messages): q.question for q, b in zip(batch, built) for p, _ in b}
+
+        def generate(prompts, ban_first=None):
+            # an lm_prior arm also scores each question given its source in the answering prefill; that
+            # prior is known only once every source is prefilled, so it asks all k
+            return st.generator.generate(prompts, max_new_tokens=max_new, ban_first=ban_first,
+                                         score=[question_of[id(m)] for m in prompts] if arm.lm_prior else None)
+
+        def answer_round(prompts):
+            gens = generate(prompts)
+            if arm.avoid_echo:  # a reply that only repeats the question is asked for again
+                gens = ask_again_on_echo(generate, prompts, gens, [question_of[id(m)] for m in prompts],
+                                         lambda text: style.parse(text).answer)
+            return gens
+
+        gens = ask_per_source(answer_round, [[p.messages for p, _ in b] for b in built],
                               [[float(p.sources[0].score) if p.sources else 0.0 for p, _ in b] for b in built],
                               lambda text: style.parse(text).answer, arm.source_temperature, arm.abstain,
                               early_exit=arm.fusion == "per-source" and arm.early_exit and not arm.lm_prior)

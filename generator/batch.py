@@ -178,13 +178,15 @@ class DecodeBatch:
 
     # ------------------------------------------------------------------ joining
     def add(self, prompt: list[int], tag: Any = None, max_new_tokens: int | None = None,
-            score: tuple[int, int] | None = None) -> None:
+            score: tuple[int, int] | None = None, ban: list[int] | None = None) -> None:
         """Prefill `prompt` alone and merge it into the batch (its first token is chosen here).
 
         `score=(start, end)`: also compute the mean log-probability of `prompt[start:end]`, each token
         given all before it (`Finished.prompt_logprob`), from the same prefill: those positions are
         prefilled, not reused, and only their logits are kept (e.g. log p(question | source) of a RAG
         prompt whose source comes before the question, the UPR reranking score).
+        `ban`: tokens the first generated token may not be (e.g. to ask again for another answer); the
+        answer's `logprob` still comes from the model's unrestricted distribution.
         """
         import torch
 
@@ -221,7 +223,7 @@ class DecodeBatch:
         if not layers or any(type(layer).__name__ != "DynamicLayer" for layer in layers):
             raise Unsupported(f"cache layers {sorted({type(x).__name__ for x in layers or []})} are not plain KV")
         self.prefixes.put(prompt, [(layer.keys, layer.values) for layer in layers])
-        first, first_lp = self._choose(out.logits[:, -1, :], ids)
+        first, first_lp = self._choose(out.logits[:, -1, :], ids, ban)
         row.first_ms = (time.perf_counter() - row.started) * 1000
         length = len(prompt)
         ones = torch.ones((1, length), dtype=torch.long, device=self.device)
@@ -310,14 +312,17 @@ class DecodeBatch:
         width = max(len(s) for s in seqs)
         return torch.tensor([[self.pad_id] * (width - len(s)) + s for s in seqs], dtype=torch.long, device=self.device)
 
-    def _choose(self, logits, history):
-        """Next token of every row and its log-probability under the (processed) distribution."""
+    def _choose(self, logits, history, ban: list[int] | None = None):
+        """Next token of every row and its log-probability under the (processed) distribution; `ban`:
+        tokens that may not be chosen (their probability mass still counts in that log-probability)."""
         import torch
 
         scores = logits.float()
         if self.processors:
             scores = self.processors(history, scores)
         logp = torch.log_softmax(scores, dim=-1)
+        if ban:
+            scores = scores.index_fill(1, torch.tensor(sorted(set(ban)), device=scores.device), float("-inf"))
         if self.cfg.do_sample:
             token = torch.multinomial(torch.softmax(scores, dim=-1), 1)[:, 0]
         else:

@@ -83,6 +83,9 @@ class Generation:
     prompt_logprob: float | None = None
     """Mean log-probability of the prompt text `generate(score=...)` asked about, given the prompt before
     it (e.g. log p(question | source), the UPR reranking score); None when not asked or not available."""
+    first_token_id: int | None = None
+    """The first generated token (None: the answer is empty, or `model.generate` produced it); what
+    `generate(ban_first=...)` takes to ask the same prompt for another answer."""
 
     @property
     def tokens_per_s(self) -> float:

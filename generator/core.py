@@ -255,7 +255,7 @@ class Generator:
         return new_ids, "length"
 
     def generate(self, prompts: list[list[dict]], adapter=_BASE, score: list[str | None] | None = None,
-                 **overrides) -> list[Generation]:
+                 ban_first: list[list[int] | None] | None = None, **overrides) -> list[Generation]:
         """Answer many chat prompts; results in input order.
 
         Continuous batching (`generator.batch.DecodeBatch`): each prompt is prefilled alone and
@@ -268,6 +268,9 @@ class Generator:
         `score`: per prompt, a text of it (None = nothing) whose mean token log-probability given the
         prompt before it is returned as `Generation.prompt_logprob`, computed in the same prefill
         (continuous batching only; None on the `model.generate` path).
+        `ban_first`: per prompt, tokens its answer may not start with (None = any); with
+        `Generation.first_token_id` this asks a prompt again for its next-best answer (continuous
+        batching only: the `model.generate` path raises).
         Other keyword arguments override `GenConfig` fields for this call.
         """
         import torch
@@ -277,6 +280,8 @@ class Generator:
             return []
         if score is not None and len(score) != len(prompts):
             raise ValueError(f"score has {len(score)} entries for {len(prompts)} prompts")
+        if ban_first is not None and len(ban_first) != len(prompts):
+            raise ValueError(f"ban_first has {len(ban_first)} entries for {len(prompts)} prompts")
         spans: list[tuple[int, int] | None] = [None] * len(prompts)
         if score is None:
             encoded = [self.encode(m) for m in prompts]
@@ -291,7 +296,10 @@ class Generator:
             with self._using(name), torch.inference_mode():
                 if cfg.do_sample and cfg.seed is not None:
                     torch.manual_seed(cfg.seed)
-                done = self._continuous(encoded, cfg, name, spans) if self._can_batch_continuously() else None
+                done = (self._continuous(encoded, cfg, name, spans, ban_first) if self._can_batch_continuously()
+                        else None)
+                if done is None and ban_first is not None and any(ban_first):
+                    raise ValueError("ban_first needs continuous batching (this model or adapter uses model.generate)")
                 if done is not None:
                     results = [self._generation(fin, name) for fin in done]
                     self.last_generation = results[-1]
@@ -326,8 +334,8 @@ class Generator:
     def _decode(self, cfg: GenConfig, take, finished, on_error=None, adapter: str | None = None) -> None:
         """Drive one `DecodeBatch` of at most `cfg.batch_size` rows until `take` is empty and no row runs.
 
-        `take(free, idle)` -> [(prompt ids, max_new_tokens or None, tag[, score span])] to admit before
-        the next step (`DecodeBatch.add`); `finished(Finished)` gets each row that stopped; `on_error(tag, err)` gets a prompt
+        `take(free, idle)` -> [(prompt ids, max_new_tokens or None, tag[, score span[, banned first
+        tokens]])] to admit before the next step (`DecodeBatch.add`); `finished(Finished)` gets each row that stopped; `on_error(tag, err)` gets a prompt
         whose prefill failed (None: the error propagates). Caller holds the lock.
         """
         from generator.batch import DecodeBatch, Unsupported
@@ -338,7 +346,8 @@ class Generator:
             for job in jobs:
                 ids, max_new, tag = job[:3]
                 try:
-                    batch.add(ids, tag=tag, max_new_tokens=max_new, score=job[3] if len(job) > 3 else None)
+                    batch.add(ids, tag=tag, max_new_tokens=max_new, score=job[3] if len(job) > 3 else None,
+                              ban=job[4] if len(job) > 4 else None)
                 except Unsupported:
                     raise
                 except Exception as err:  # noqa: BLE001 - this prompt fails, the others go on
@@ -353,7 +362,7 @@ class Generator:
                 finished(fin)
 
     def _continuous(self, encoded: list[list[int]], cfg: GenConfig, adapter: str | None = None,
-                    spans: list | None = None) -> list | None:
+                    spans: list | None = None, bans: list | None = None) -> list | None:
         """All prompts through `_decode`, longest first (shorter ones then join without widening
         the cache). `Finished` rows in input order; None = this model's cache needs `model.generate`."""
         from generator.batch import Unsupported
@@ -363,7 +372,7 @@ class Generator:
 
         def take(free: int, idle: bool) -> list:
             picked, order[:] = order[:free], order[free:]
-            return [(encoded[i], None, i, spans[i] if spans else None) for i in picked]
+            return [(encoded[i], None, i, spans[i] if spans else None, bans[i] if bans else None) for i in picked]
 
         def finished(fin) -> None:
             done[fin.tag] = fin
@@ -416,7 +425,8 @@ class Generator:
         return Generation(text=self.tokenizer.decode(fin.ids, skip_special_tokens=True),
                           prompt_tokens=fin.prompt_tokens, new_tokens=len(fin.ids), first_token_ms=fin.first_token_ms,
                           generate_ms=fin.total_ms, finish_reason=fin.reason, adapter=adapter,
-                          logprob=fin.logprob, prompt_logprob=fin.prompt_logprob)
+                          logprob=fin.logprob, prompt_logprob=fin.prompt_logprob,
+                          first_token_id=fin.ids[0] if fin.ids else None)
 
     def stream(self, messages: list[dict], adapter=_BASE, **overrides) -> TextStream:
         """Generate one answer, yielding text pieces as they are produced.

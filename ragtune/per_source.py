@@ -195,3 +195,30 @@ def answer_per_source(style, gens: Sequence, sources: Sequence, temperature: flo
             row["question_logprob"] = round(g.prompt_logprob, 4)
         rows.append(row)
     return SourceChoice(best, parsed, rows)
+
+
+def ask_again_on_echo(generate: Callable[[list, list], list], prompts: Sequence, gens: Sequence,
+                      questions: Sequence[str], parse: Callable[[str], str], retries: int = 2) -> list:
+    """Generations where each reply that only repeats its question (`retriever.answer.is_echo`) is asked
+    again, at most `retries` times, with the first token of every earlier reply banned
+    (`generate(prompts, ban_first) -> generations`, e.g. `Generator.generate(..., ban_first=...)`); the
+    first reply that is not an echo replaces it, otherwise the original stays. `gens[i]` None = not asked."""
+    from retriever.answer import is_echo
+
+    out = list(gens)
+    bans: list[list[int]] = [[] for _ in prompts]
+    last = list(gens)
+    todo = [i for i, g in enumerate(gens) if g is not None and is_echo(parse(g.text), questions[i])]
+    for _ in range(retries):
+        todo = [i for i in todo if last[i].first_token_id is not None]
+        if not todo:
+            break
+        for i in todo:
+            bans[i].append(last[i].first_token_id)
+        for i, g in zip(todo, generate([prompts[i] for i in todo], [list(bans[i]) for i in todo])):
+            last[i] = g
+            if not is_echo(parse(g.text), questions[i]):
+                out[i] = g
+        todo = [i for i in todo if out[i] is gens[i]]
+    return out
+

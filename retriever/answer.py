@@ -97,3 +97,17 @@ def drop_restated(answer: str, question: str) -> str:
     if lo == len(words):
         return answer
     return " ".join(words[lo:]).strip(" ,;:")
+
+
+def is_echo(answer: str, question: str) -> bool:
+    """Whether `answer` only repeats the question: every letter/digit run of it occurs among the
+    question's (case-insensitive). "Where is the aboral organ located?" -> "The aboral organ" is one;
+    an empty answer is not. Small untuned models give such replies for about one question in eight
+    (SQuAD dev, Qwen2.5-0.5B, rag-span-few-shot); about one gold answer in fifty is one too ("faster or
+    slower?" -> "faster")."""
+    words = [w.lower() for w in _WORD.findall(answer)]
+    if not words:
+        return False
+    asked = {w.lower() for w in _WORD.findall(question)}
+    return all(w in asked for w in words)
+

@@ -288,6 +288,26 @@ def test_lm_prior_arm_reranks_sources_by_the_question_given_each_source(world, t
         _config(world, [{"name": "x", "mode": "rag", "lm_prior": 1.0}])
 
 
+def test_avoid_echo_arm_asks_again_when_the_reply_only_repeats_the_question(world, tmp_path, monkeypatch):
+    """avoid_echo: a reply judged an echo is asked for again with its first token banned. With a stand-in
+    judging the plain arm's own replies echoes, every avoid_echo answer differs from the plain one."""
+    import retriever.answer
+    from eval.runner import ROWS_FILE, run_eval
+
+    plain_arm = [{"name": "plain", "mode": "gold"}]
+    run_eval(_config(world, plain_arm), tmp_path / "plain", models_dir=world["base"], log=lambda m: None)
+    plain = {r["question"]: r["raw"] for r in map(json.loads, (tmp_path / "plain" / ROWS_FILE).read_text().splitlines())}
+    monkeypatch.setattr(retriever.answer, "is_echo", lambda answer, question: answer.strip() == plain[question].strip())
+    results = run_eval(_config(world, [{"name": "again", "mode": "gold", "avoid_echo": True}]), tmp_path / "out",
+                       models_dir=world["base"], log=lambda m: None)
+    rows = [json.loads(line) for line in (tmp_path / "out" / ROWS_FILE).read_text().splitlines()]
+    assert len(rows) == 6 and all(r["raw"].strip() != plain[r["question"]].strip() for r in rows)
+    assert results["arms"]["again"]["avoid_echo"] is True
+    assert "is asked for again" in (tmp_path / "out" / "report.md").read_text()
+    with pytest.raises(ValueError, match="avoid_echo must be true or false"):
+        _config(world, [{"name": "x", "mode": "gold", "avoid_echo": "yes"}])
+
+
 def test_lm_scores_add_the_weighted_question_logprob_only_when_every_source_has_one():
     from types import SimpleNamespace
 

@@ -276,6 +276,32 @@ def test_prompt_logprob_scores_a_span_of_the_prompt_in_the_same_prefill(gen):
         DecodeBatch(gen.model, gen.stop_ids, gen.config, gen.pad_id).add([1, 2, 3], score=(0, 2))
 
 
+def test_ban_first_asks_for_the_next_best_answer_with_its_true_logprob(gen):
+    """ban_first: the answer starts with the best token not banned; its logprob is the teacher-forced
+    log-likelihood under the model's unrestricted distribution; first_token_id reports what was chosen."""
+    plain = gen.generate(PROMPTS, max_new_tokens=6)
+    bans = [[g.first_token_id] for g in plain]
+    again = gen.generate(PROMPTS, max_new_tokens=6, ban_first=bans)
+    with torch.inference_mode():
+        for p, g, a, ban in zip(PROMPTS, plain, again, bans):
+            ids = gen.encode(p)
+            logits = gen.model(input_ids=torch.tensor([ids])).logits[0, -1].float()
+            assert g.first_token_id == int(logits.argmax())
+            logits[ban] = float("-inf")
+            assert a.first_token_id == int(logits.argmax()) != g.first_token_id
+            head = torch.tensor([ids + [a.first_token_id]])  # then greedy, as plain model.generate goes on
+            out = gen.model.generate(input_ids=head, attention_mask=torch.ones_like(head), max_new_tokens=5,
+                                     do_sample=False, eos_token_id=gen.stop_ids, pad_token_id=gen.pad_id)
+            full = out[0].tolist()
+            stop = next((j for j in range(len(ids), len(full)) if full[j] in gen.stop_ids), len(full) - 1)
+            full = full[:stop + 1]
+            logp = torch.log_softmax(gen.model(input_ids=torch.tensor([full])).logits[0].float(), -1)
+            want = sum(float(logp[j - 1, full[j]]) for j in range(len(ids), len(full)))
+            assert a.logprob == pytest.approx(want, abs=1e-3)
+    with pytest.raises(ValueError, match="ban_first has 1 entries"):
+        gen.generate(PROMPTS[:2], ban_first=[[1]])
+
+
 def _generated_ids(gen, messages, max_new):
     """Plain model.generate's new ids for one prompt, cut after the first stop token (kept)."""
     ids = torch.tensor([gen.encode(messages)])

@@ -163,3 +163,46 @@ def test_drop_restated_drops_only_the_leading_restatement(answer, question, expe
     from retriever import drop_restated
 
     assert drop_restated(answer, question) == expected
+
+
+@pytest.mark.parametrize("answer, question, expected", [
+    ("The aboral organ", "Where is the aboral organ located?", True),
+    ("North Rhine-Westphalia", "What part of the Rhine flows through North Rhine-Westphalia?", True),
+    ("Lower Rhine", "What part of the Rhine flows through North Rhine-Westphalia?", False),
+    ("faster", "Was the plague spread faster or slower?", True),  # a real answer the rule gives up
+    ("1889", "When was the Eiffel Tower finished?", False),
+    ("", "Who?", False),
+    ("...", "Who?", False),
+])
+def test_is_echo_flags_replies_that_only_repeat_the_question(answer, question, expected):
+    from retriever.answer import is_echo
+
+    assert is_echo(answer, question) is expected
+
+
+def test_ask_again_on_echo_bans_each_earlier_first_token_and_keeps_the_first_real_answer():
+    from types import SimpleNamespace
+
+    from ragtune.per_source import ask_again_on_echo
+
+    def reply(text, first):
+        return SimpleNamespace(text=text, first_token_id=first)
+
+    # each prompt's replies in the order the model would give them as first tokens get banned
+    replies = {"a": [reply("The organ", 1), reply("organ", 2), reply("the mouth", 3)],
+               "b": [reply("1889", 4)], "c": [reply("Paris", 5), reply("Paris", 6), reply("paris", 7)]}
+    questions = {"a": "Where is the organ?", "b": "When?", "c": "Is Paris big?"}
+    calls = []
+
+    def generate(prompts, bans):
+        calls.append((list(prompts), [list(b) for b in bans]))
+        return [replies[p][len(b)] for p, b in zip(prompts, bans)]
+
+    prompts = ["a", "b", "c", None]
+    first = [replies["a"][0], replies["b"][0], replies["c"][0], None]
+    got = ask_again_on_echo(generate, prompts, first, [questions.get(p, "") for p in prompts], str.strip)
+    assert [g.text if g else None for g in got] == ["the mouth", "1889", "Paris", None]
+    assert got[2] is first[2]  # still an echo after two more tries: the original reply stays
+    assert calls == [(["a", "c"], [[1], [5]]), (["a", "c"], [[1, 2], [5, 6]])]
+    assert ask_again_on_echo(generate, prompts, first, [questions.get(p, "") for p in prompts], str.strip,
+                             retries=0) == first
