@@ -47,6 +47,8 @@ def main() -> int:
     f1 = lambda pred, golds: score_row(prediction=pred, golds=golds)["f1"]  # noqa: E731
     for arm in sorted({r["arm"] for r in rows}):
         rs = [r for r in rows if r["arm"] == arm and (arm, r["qid"]) in upr and r.get("candidates")]
+        if not rs:  # no LM scores for this arm (not an lm_prior arm, or other questions)
+            continue
         if any(c["answer"] is None for r in rs for c in r["candidates"]):
             raise SystemExit(f"{arm}: some sources were not asked; run it with early_exit: false")
         out = {"arm": arm, "n": len(rs), "as_run": round(100 * statistics.mean(r["f1"] for r in rs), 1)}
