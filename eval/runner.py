@@ -305,6 +305,7 @@ def run_arm(st: RunState, arm: ArmConfig, done: set, progress=None) -> list[dict
         # per-source arms ask sources best first and stop once the winner is settled (exact early
         # exit, ragtune.per_source); other arms have one prompt per question: one batched call either way
         question_of = {id(p.messages): q.question for q, b in zip(batch, built) for p, _ in b}
+        answer_of = lambda text: style.parse(text).answer  # noqa: E731
 
         def generate(prompts, ban_first=None):
             # an lm_prior arm also scores each question given its source in the answering prefill; that
@@ -315,13 +316,12 @@ def run_arm(st: RunState, arm: ArmConfig, done: set, progress=None) -> list[dict
         def answer_round(prompts):
             gens = generate(prompts)
             if arm.avoid_echo:  # a reply that only repeats the question is asked for again
-                gens = ask_again_on_echo(generate, prompts, gens, [question_of[id(m)] for m in prompts],
-                                         lambda text: style.parse(text).answer)
+                gens = ask_again_on_echo(generate, prompts, gens, [question_of[id(m)] for m in prompts], answer_of)
             return gens
 
         gens = ask_per_source(answer_round, [[p.messages for p, _ in b] for b in built],
                               [[float(p.sources[0].score) if p.sources else 0.0 for p, _ in b] for b in built],
-                              lambda text: style.parse(text).answer, arm.source_temperature, arm.abstain,
+                              answer_of, arm.source_temperature, arm.abstain,
                               early_exit=arm.fusion == "per-source" and arm.early_exit and not arm.lm_prior)
         gen_ms = (time.perf_counter() - t0) * 1000 / len(batch)
         rows = []

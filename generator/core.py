@@ -104,7 +104,7 @@ class Generator:
         """Token ids of the rendered prompt and the token span `[start, end)` covering the last
         occurrence of `text` in it (None when it does not occur, or the tokenizer gives no offsets)."""
         rendered = self.render(messages)
-        at = rendered.rfind(text.strip()) if text and text.strip() else -1
+        at = rendered.rfind(text.strip()) if text and text.strip() else -1  # None / blank: nothing to score
         if at < 0:
             return self.encode(messages), None
         try:
@@ -282,14 +282,10 @@ class Generator:
             raise ValueError(f"score has {len(score)} entries for {len(prompts)} prompts")
         if ban_first is not None and len(ban_first) != len(prompts):
             raise ValueError(f"ban_first has {len(ban_first)} entries for {len(prompts)} prompts")
-        spans: list[tuple[int, int] | None] = [None] * len(prompts)
         if score is None:
-            encoded = [self.encode(m) for m in prompts]
+            encoded, spans = [self.encode(m) for m in prompts], None
         else:
-            encoded = []
-            for i, (m, text) in enumerate(zip(prompts, score)):
-                ids, spans[i] = self.encode_scored(m, text) if text else (self.encode(m), None)
-                encoded.append(ids)
+            encoded, spans = map(list, zip(*(self.encode_scored(m, text) for m, text in zip(prompts, score))))
         results: list[Generation | None] = [None] * len(encoded)
         with self._lock:
             name = self._active if adapter is _BASE else adapter
