@@ -29,6 +29,13 @@ SHOT_SELECTIONS = ("random", "fixed", "similar")
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 
+def exits_early(arm: "ArmConfig | dict") -> bool:
+    """Whether a per-source arm stops asking sources once the winner is settled: its `early_exit`,
+    unless `lm_prior` needs every source's score. For an ArmConfig or its dict (results.json)."""
+    get = arm.get if isinstance(arm, dict) else lambda key, default=None: getattr(arm, key, default)
+    return get("fusion", "joint") == "per-source" and bool(get("early_exit", True)) and not get("lm_prior", 0.0)
+
+
 def resolve_path(value: str | Path | None, base: Path | None = None) -> Path | None:
     """Resolve a config path: absolute as is; else the cwd, then `base` (config dir), then the project root."""
     if value in (None, ""):

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 from eval.claims import claims_table, findings
+from eval.config import exits_early
 from eval.scoring import summarize_arm, wrong_answer_rate
 
 ARM_COLUMNS = [
@@ -57,7 +58,7 @@ def build_results(config, rows: list[dict], meta: dict, split: dict | None = Non
             s["avoid_echo"] = True
         if s["fusion"] == "per-source":
             s["source_temperature"] = arm.get("source_temperature")
-            s["early_exit"] = arm.get("early_exit", True) and not arm.get("lm_prior")
+            s["early_exit"] = exits_early(arm)
             if arm.get("lm_prior"):
                 s["lm_prior"] = arm["lm_prior"]
         if arm.get("style") == "few-shot" or "few-shot" in str(arm.get("prompt_style") or ""):

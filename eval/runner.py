@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from eval.config import ArmConfig, EvalConfig
+from eval.config import ArmConfig, EvalConfig, exits_early
 from eval.data import (Corpus, build_corpus_index, check_no_leak, find_leaks, load_questions, pick_shots,
                        prepare_corpus, sample_questions)
 from eval.scoring import score_row
@@ -322,7 +322,7 @@ def run_arm(st: RunState, arm: ArmConfig, done: set, progress=None) -> list[dict
         gens = ask_per_source(answer_round, [[p.messages for p, _ in b] for b in built],
                               [[float(p.sources[0].score) if p.sources else 0.0 for p, _ in b] for b in built],
                               answer_of, arm.source_temperature, arm.abstain,
-                              early_exit=arm.fusion == "per-source" and arm.early_exit and not arm.lm_prior)
+                              early_exit=exits_early(arm))
         gen_ms = (time.perf_counter() - t0) * 1000 / len(batch)
         rows = []
         for q, hits, b, g, rms in zip(batch, hits_list, built, gens, ret_ms):

@@ -147,3 +147,22 @@ def test_knowledge_injection_from_texts(tiny, tmp_path):
                          overrides=FAST + ["data.format=inject"])
     meta = json.loads((tmp_path / "inj" / "ragtune_adapter.json").read_text())
     assert meta["n_train"] + meta["n_val"] == 6 and s["val_loss"] > 0
+
+
+def test_lora_on_the_last_layers_only(tiny, rows, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from tuner.config import load_recipe
+    from tuner.methods import get_method
+
+    n = AutoModelForCausalLM.from_pretrained(str(tiny)).config.num_hidden_layers
+    path, s = train_adapter("lora", rows, str(tiny), tmp_path / "top", max_steps=2,
+                            overrides=FAST + ["method_args.layers=1"], log=lambda m: None)
+    names = list(_trained(path))
+    assert names and all(f"layers.{n - 1}." in k for k in names), names
+    full, _ = train_adapter("lora", rows, str(tiny), tmp_path / "all", max_steps=1, overrides=FAST, log=lambda m: None)
+    assert len(_trained(full)) == n * len(names)
+    assert s["train_loss"] > 0 and all(torch.isfinite(t).all() for t in _trained(path).values())
+    rec = load_recipe("lora", [f"method_args.layers={n + 1}"])
+    with pytest.raises(ValueError, match="transformer blocks"):
+        get_method("lora").prepare(AutoModelForCausalLM.from_pretrained(str(tiny)), rec.method_args, None)

@@ -49,9 +49,13 @@ class LoraArgs:
     """`"all-linear"` (every linear layer but the output head) or module name suffixes, e.g. [q_proj, v_proj]."""
     use_rslora: bool = False
     """Rank-stabilised scaling alpha / sqrt(r)."""
+    layers: int = 0
+    """Adapt only the last N transformer blocks (0 = all). The blocks below get no gradient, so the
+    backward pass stops at the first adapted block: fewer layers, cheaper steps."""
 
     def __post_init__(self) -> None:
         _positive(self, "r", "alpha")
+        _positive(self, "layers", allow_zero=True)
         _check(0.0 <= self.dropout < 1.0, f"{type(self).__name__}.dropout must be in [0, 1), got {self.dropout!r}")
         tm = self.target_modules
         _check(tm == "all-linear" or (isinstance(tm, list) and tm and all(isinstance(t, str) for t in tm)),

@@ -11,22 +11,40 @@ def _target(tm: str | list[str]) -> str | list[str]:
     return "all-linear" if tm == "all-linear" else list(tm)
 
 
+def _block_linear_names(model) -> list[str]:
+    """Names of the linear layers inside a transformer block (q_proj, ..., down_proj)."""
+    import torch
+
+    from tuner.methods.partial import decoder_layers
+
+    block = decoder_layers(model)[0]
+    return sorted({name.rsplit(".", 1)[-1] for name, m in block.named_modules() if isinstance(m, torch.nn.Linear)})
+
+
 @register
 class LoRA(Method):
     name = "lora"
     use_dora = False
 
-    def peft_config(self, args: Any):
+    def peft_config(self, args: Any, model=None):
         from peft import LoraConfig, TaskType
 
+        target, layers = _target(args.target_modules), None
+        if args.layers:
+            n = getattr(getattr(model, "config", None), "num_hidden_layers", None)
+            if not n or args.layers > n:
+                raise ValueError(f"method_args.layers={args.layers}, but this model has {n} transformer blocks")
+            layers = list(range(n - args.layers, n))
+            if target == "all-linear":  # peft takes layers_to_transform only with named targets
+                target = _block_linear_names(model)
         return LoraConfig(task_type=TaskType.CAUSAL_LM, r=args.r, lora_alpha=args.alpha,
-                          lora_dropout=args.dropout, target_modules=_target(args.target_modules),
-                          use_rslora=args.use_rslora, use_dora=self.use_dora)
+                          lora_dropout=args.dropout, target_modules=target,
+                          use_rslora=args.use_rslora, use_dora=self.use_dora, layers_to_transform=layers)
 
     def prepare(self, model, args, tokenizer=None):
         from peft import get_peft_model
 
-        return get_peft_model(model, self.peft_config(args))
+        return get_peft_model(model, self.peft_config(args, model))
 
 
 @register
@@ -48,7 +66,7 @@ class QLoRA(LoRA):
         if not getattr(model, "is_loaded_in_4bit", False):
             raise ValueError("qlora needs a base loaded in 4-bit (tuner.loading.load_base(..., quantize=...))")
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=args.gradient_checkpointing)
-        return get_peft_model(model, self.peft_config(args))
+        return get_peft_model(model, self.peft_config(args, model))
 
 
 @register
