@@ -84,6 +84,13 @@ class AskOptions:
     early_exit: bool = True
     """per-source: ask the sources best first and stop once the winner is settled (the same answer
     as asking all k, see ragtune.per_source.ask_per_source); False: ask every source."""
+    lm_prior: float = 0.0
+    """per-source: weight of the generator's own mean log p(question | source), read from the answering
+    prefill, added to each source's retrieval score (UPR reranking, ragtune.per_source.lm_scores). > 0
+    asks every source (no early exit). The eval's best untuned arm uses 1.0 (eval/README.md)."""
+    avoid_echo: bool = False
+    """per-source: a reply that only repeats words of the question is asked again, at most twice, with the
+    previous reply's first token banned (ragtune.per_source.ask_again_on_echo)."""
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -100,6 +107,11 @@ class AskOptions:
             raise ValueError("fusion per-source needs rag mode (closed-book has no sources)")
         if not isinstance(self.source_temperature, (int, float)) or not self.source_temperature > 0:
             raise ValueError(f"source_temperature must be > 0, got {self.source_temperature!r}")
+        if (isinstance(self.lm_prior, bool) or not isinstance(self.lm_prior, (int, float))
+                or not 0 <= self.lm_prior <= 100):
+            raise ValueError(f"lm_prior must be a number in 0..100, got {self.lm_prior!r}")
+        if (self.lm_prior or self.avoid_echo) and self.fusion != "per-source":
+            raise ValueError("lm_prior and avoid_echo need fusion per-source")
 
     @property
     def style_name(self) -> str:
@@ -190,13 +202,15 @@ def answer_object(prepared: Prepared, gen: Any, model: str, adapter: str | None)
 
 
 def per_source_answer(prepared: Prepared, gens: list, model: str, adapter: str | None,
-                      temperature: float = 0.5, generate_ms: float | None = None) -> dict:
+                      temperature: float = 0.5, generate_ms: float | None = None, lm_prior: float = 0.0) -> dict:
     """The answer object when each source was asked alone (`gens[i]` answers `prepared.per_source[i]`,
     None if the early exit left it unasked): the winning reply, citing its source, and every candidate
-    with its probability. `generate_ms`: the generation wall time (default: the slowest generation's)."""
+    with its probability. `generate_ms`: the generation wall time (default: the slowest generation's).
+    `lm_prior`: AskOptions.lm_prior (the generations then carry `prompt_logprob`)."""
     from ragtune.per_source import answer_per_source
 
-    pick = answer_per_source(prepared.style, gens, [p.sources[0] for p in prepared.per_source], temperature)
+    pick = answer_per_source(prepared.style, gens, [p.sources[0] for p in prepared.per_source], temperature,
+                             lm_weight=lm_prior)
     best, parsed = pick.best, pick.parsed
     out = answer_object(prepared, gens[best], model, adapter)
     out.update(answer=parsed[best].answer, cited=[best + 1], fusion="per-source", candidates=pick.candidates)
@@ -227,16 +241,28 @@ def ask(question: str, generator: Any, options: AskOptions | None = None, search
     if options.adapter != _DEFAULT:
         kwargs["adapter"] = options.adapter
     if prepared.per_source:
-        from ragtune.per_source import ask_per_source
+        from ragtune.per_source import ask_again_on_echo, ask_per_source
+
+        parse = lambda text: prepared.style.parse(text).answer  # noqa: E731
+
+        def generate(prompts, ban_first=None):
+            extra = {"score": [question] * len(prompts)} if options.lm_prior else {}
+            if ban_first is not None:
+                extra["ban_first"] = ban_first
+            return generator.generate(prompts, **kwargs, **extra)
+
+        def answer_round(prompts):
+            gens = generate(prompts)
+            return ask_again_on_echo(generate, prompts, gens, [question] * len(prompts), parse) \
+                if options.avoid_echo else gens
 
         t0 = time.perf_counter()
-        gens = ask_per_source(lambda prompts: generator.generate(prompts, **kwargs),
-                              [[p.messages for p in prepared.per_source]],
+        gens = ask_per_source(answer_round, [[p.messages for p in prepared.per_source]],
                               [[float(p.sources[0].score) for p in prepared.per_source]],
-                              lambda text: prepared.style.parse(text).answer, options.source_temperature,
-                              early_exit=options.early_exit)[0]
+                              parse, options.source_temperature,
+                              early_exit=options.early_exit and not options.lm_prior)[0]
         out = per_source_answer(prepared, gens, generator.name, gens[0].adapter, options.source_temperature,
-                                generate_ms=(time.perf_counter() - t0) * 1000)
+                                generate_ms=(time.perf_counter() - t0) * 1000, lm_prior=options.lm_prior)
         if on_piece is not None:
             on_piece(out["answer"])
         return out

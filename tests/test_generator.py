@@ -688,6 +688,43 @@ def test_ask_per_source_asks_each_source_alone_and_keeps_the_likeliest(gen):
         AskOptions(fusion="vote")
 
 
+def test_ask_per_source_lm_prior_and_avoid_echo(gen, monkeypatch):
+    """lm_prior: every source is asked with the question scored in its prefill, and the choice adds
+    W x log p(question | source) to the retrieval scores; avoid_echo: an echoed reply is asked again
+    with its first token banned."""
+    import retriever.answer
+    from ragtune.pipeline import AskOptions, ask, prepare
+    from ragtune.per_source import answer_per_source
+
+    q = "When was the Eiffel Tower finished?"
+    searcher = FakeSearcher(["The Eiffel Tower was finished in 1889.", "The Louvre holds the Mona Lisa."])
+    opts = AskOptions(k=2, max_new_tokens=4, fusion="per-source", lm_prior=2.0)
+    out = ask(q, gen, opts, searcher=searcher)
+    prepared = prepare(q, opts, searcher=searcher, tokenizer=gen.tokenizer)
+    alone = [gen.generate([p.messages], max_new_tokens=4, score=[q])[0] for p in prepared.per_source]
+    assert [c["question_logprob"] for c in out["candidates"]] == pytest.approx(
+        [g.prompt_logprob for g in alone], abs=1e-3)
+    pick = answer_per_source(prepared.style, alone, [p.sources[0] for p in prepared.per_source], lm_weight=2.0)
+    assert out["cited"] == [pick.best + 1]
+
+    calls = []
+    real = gen.generate
+
+    def spy(prompts, **kw):
+        calls.append(kw.get("ban_first"))
+        return real(prompts, **kw)
+
+    monkeypatch.setattr(gen, "generate", spy)
+    monkeypatch.setattr(retriever.answer, "is_echo", lambda answer, question: True)
+    ask(q, gen, AskOptions(k=1, max_new_tokens=4, fusion="per-source", avoid_echo=True), searcher=searcher)
+    assert calls[0] is None and len(calls) == 3  # the first ask, then two more, each banning one more token
+    assert [len(b[0]) for b in calls[1:]] == [1, 2]
+    with pytest.raises(ValueError, match="need fusion per-source"):
+        AskOptions(lm_prior=1.0)
+    with pytest.raises(ValueError, match="lm_prior must be"):
+        AskOptions(fusion="per-source", lm_prior=-1)
+
+
 def gen_style_answer(prepared, generation) -> str:
     return prepared.style.parse(generation.text).answer
 

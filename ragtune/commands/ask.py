@@ -37,6 +37,13 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "with the highest p(source) x p(answer | source); printed when settled, not streamed) or "
                    "joint (every source in one prompt, streamed). With Qwen2.5-0.5B on SQuAD, per-source "
                    "top-3 scored F1 43.9 against 29.5 joint, and was faster")
+    p.add_argument("--lm-prior", type=float, default=0.0, metavar="W",
+                   help="per-source: add W x the model's own mean log p(question | source) to each source's "
+                   "retrieval score before choosing (UPR reranking from the answering prefill; asks every "
+                   "source). 1.0 is what the eval's best untuned arm uses (default 0: retrieval scores alone)")
+    p.add_argument("--avoid-echo", action="store_true",
+                   help="per-source: ask again (at most twice, the previous first token banned) when a reply "
+                   "only repeats words of the question")
     p.add_argument("--dtype", default="auto", choices=GENERATOR_DTYPES, help=GENERATOR_DTYPE_HELP)
     p.add_argument("--json", action="store_true", help="print the answer object as JSON (no streaming)")
     p.set_defaults(func=run_ask)
@@ -98,7 +105,8 @@ def run_ask(args: argparse.Namespace) -> int:
     max_new = args.max_new_tokens or (256 if args.style == "cot" else 128)
     options = AskOptions(mode=args.mode, style=args.style, k=args.k, retriever=args.retriever,
                          context_budget=args.context_budget, max_new_tokens=max_new,
-                         fusion=args.fusion or default_fusion(args.mode))
+                         fusion=args.fusion or default_fusion(args.mode), lm_prior=args.lm_prior,
+                         avoid_echo=args.avoid_echo)
     from generator.config import GenConfig
 
     gen_config = GenConfig(max_new_tokens=max_new)  # validates the bound before any loading
