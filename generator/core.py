@@ -382,8 +382,9 @@ class Generator:
     def serve(self, take, deliver, adapter: str | None = None, **overrides) -> None:
         """Continuous batching for a server: decode until `take` has nothing more and the batch is empty.
 
-        `take(free_slots, idle)` returns a list of `(messages, max_new_tokens, tag)` to admit now
-        (`idle`: no row is decoding, so returning [] ends the call); `deliver(tag, generation)`
+        `take(free_slots, idle)` returns a list of `(messages, max_new_tokens, tag[, score text[, banned
+        first tokens]])` to admit now (`idle`: no row is decoding, so returning [] ends the call; the
+        optional parts are `generate`'s `score` and `ban_first` for that prompt); `deliver(tag, generation)`
         receives each finished answer, or `deliver(tag, exception)` if its prompt failed. New
         prompts join between decode steps, without waiting for the running ones to finish.
         Raises `generator.batch.Unsupported` before calling `take` when the model needs
@@ -400,10 +401,11 @@ class Generator:
         def admit(free: int, idle: bool) -> list:
             while True:  # until a prompt is valid or `take` has none left
                 jobs, ok = list(take(free, idle)), []
-                for messages, max_new, tag in jobs:
+                for messages, max_new, tag, *extra in jobs:
                     try:
                         GenConfig(max_new_tokens=max_new)  # validated like any request
-                        ok.append((self.encode(messages), max_new, tag))
+                        ids, span = self.encode_scored(messages, extra[0] if extra else None)
+                        ok.append((ids, max_new, tag, span, extra[1] if len(extra) > 1 else None))
                     except Exception as err:  # noqa: BLE001 - this prompt fails, the others go on
                         deliver(tag, err)
                 if ok or not jobs:

@@ -357,6 +357,33 @@ def test_ask_per_source_answers_each_source_and_cites_the_winner(client, state):
     assert "top_k must be <=" in err["message"]
 
 
+def test_ask_per_source_lm_prior_and_avoid_echo(client, state, monkeypatch):
+    """lm_prior: every source is asked and reports log p(question | source), which moves the choice;
+    avoid_echo: an echoed reply goes through the queue again with its first token banned."""
+    import math
+
+    import retriever.answer
+    from ragtune.per_source import source_prior
+
+    body = {"question": "What do astronomers measure?", "top_k": 2, "retriever": "dense", "max_new_tokens": 4,
+            "fusion": "per-source"}
+    a = client.post("/v1/ask", json={**body, "lm_prior": 1.0}).json()
+    assert all(c.get("asked", True) and c["question_logprob"] < 0 for c in a["candidates"]), a["candidates"]
+    prior = source_prior([s["score"] + 1.0 * c["question_logprob"] for s, c in zip(a["sources"], a["candidates"])],
+                         state.config.source_temperature)
+    joint = [p * math.exp(c["logprob"]) for p, c in zip(prior, a["candidates"])]
+    assert [c["p"] for c in a["candidates"]] == pytest.approx(joint, rel=1e-2, abs=1e-6)
+    assert a["cited"] == [max(range(2), key=joint.__getitem__) + 1]
+    before = state.batcher.stats.requests
+    monkeypatch.setattr(retriever.answer, "is_echo", lambda answer, question: True)
+    r = client.post("/v1/ask", json={**body, "top_k": 1, "avoid_echo": True})
+    assert r.status_code == 200, r.text
+    assert state.batcher.stats.requests - before == 3  # the first ask and two retries
+    err = _error(client.post("/v1/ask", json={**body, "fusion": "joint", "avoid_echo": True}), 422)
+    assert "need fusion per-source" in err["message"]
+    _error(client.post("/v1/ask", json={**body, "lm_prior": -1}), 422)
+
+
 def test_openai_chat_completions(client, state):
     msgs = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hello"},
             {"role": "assistant", "content": "hi"}, {"role": "user", "content": "How do I bake bread?"}]

@@ -242,7 +242,7 @@ class ContinuousGenerator(RecordingGenerator):
     def serve(self, take, deliver, adapter=None, batch_size=8):
         rows: dict = {}
         while True:
-            for messages, max_new, tag in take(batch_size - len(rows), not rows):
+            for messages, max_new, tag, *_ in take(batch_size - len(rows), not rows):
                 rows[tag] = [messages[-1]["content"], max_new]
             if not rows:
                 return

@@ -40,6 +40,10 @@ class GenJob:
     future: Future = field(default_factory=Future)
     cancelled: threading.Event = field(default_factory=threading.Event)
     enqueued_at: float = field(default_factory=time.perf_counter)
+    score: str | None = None
+    """A text of the prompt whose mean log-probability the generation reports (`Generator.generate(score=)`)."""
+    ban_first: list[int] | None = None
+    """Tokens the answer may not start with (`Generator.generate(ban_first=)`)."""
 
     @property
     def stream(self) -> bool:
@@ -187,8 +191,13 @@ class Batcher:
                 if batch[0].stream:
                     self._run_stream(batch[0])
                 elif not self._serve(batch):
+                    extra = {}
+                    if any(j.score for j in batch):
+                        extra["score"] = [j.score for j in batch]
+                    if any(j.ban_first for j in batch):
+                        extra["ban_first"] = [j.ban_first for j in batch]
                     gens = self.generator.generate([j.messages for j in batch], adapter=batch[0].adapter,
-                                                   max_new_tokens=batch[0].max_new_tokens)
+                                                   max_new_tokens=batch[0].max_new_tokens, **extra)
                     for job, gen in zip(batch, gens):
                         job.future.set_result(gen)
             except BaseException as err:  # noqa: BLE001 - every waiting client must hear about it
@@ -227,7 +236,7 @@ class Batcher:
                     self.stats.requests += 1
             flying.update((id(job), job) for job in out)
             self.stats.largest_batch = max(self.stats.largest_batch, len(flying))
-            return [(j.messages, j.max_new_tokens, id(j)) for j in out]
+            return [(j.messages, j.max_new_tokens, id(j), j.score, j.ban_first) for j in out]
 
         def deliver(tag: int, result) -> None:
             job = flying.pop(tag)

@@ -33,9 +33,11 @@ def _busy(state: AppState, err: QueueFull) -> ApiError:
 async def _prepare_and_queue(request: Request, *, question: str, mode: str, style: str, top_k: int,
                              filters: dict | None, retriever: str | None, model: str | None,
                              adapter: str | None, max_new_tokens: int | None,
-                             on_piece=None, fusion: str = "joint") -> tuple[AppState, Prepared, list[GenJob], float]:
+                             on_piece=None, fusion: str = "joint",
+                             score: str | None = None) -> tuple[AppState, Prepared, list[GenJob], float]:
     """Validate, retrieve, build the prompt(s) and queue the generation(s): one job, or one per
-    source with fusion per-source (then `on_piece` is not used); 422/503 on failure."""
+    source with fusion per-source (then `on_piece` is not used; `score`: a text of each source's prompt
+    whose log-probability the generation reports, see GenJob); 422/503 on failure."""
     state = get_state(request)
     batcher = get_batcher(request)
     check_model(state, model)
@@ -59,7 +61,8 @@ async def _prepare_and_queue(request: Request, *, question: str, mode: str, styl
         raise
     limit = max_new_tokens or state.config.default_max_new_tokens
     if prep.per_source:
-        jobs = [GenJob(messages=p.messages, max_new_tokens=limit, adapter=adapter) for p in prep.per_source]
+        jobs = [GenJob(messages=p.messages, max_new_tokens=limit, adapter=adapter, score=score)
+                for p in prep.per_source]
     else:
         jobs = [GenJob(messages=prep.prompt.messages, max_new_tokens=limit, adapter=adapter, on_piece=on_piece)]
     queued_at = time.perf_counter()
@@ -142,14 +145,18 @@ async def ask(request: Request, req: S.AskRequest):
     fusion = req.fusion or default_fusion(req.mode)
     if req.fusion is None and req.top_k > get_batcher(request).queue_size:
         fusion = "joint"  # the default must not fail on a server whose queue cannot hold top_k prompts
+    if (req.lm_prior or req.avoid_echo) and fusion != "per-source":
+        raise invalid("lm_prior and avoid_echo need fusion per-source (rag mode, top_k within the queue size)",
+                      "lm_prior" if req.lm_prior else "avoid_echo")
     pieces = _Pieces() if req.stream and fusion == "joint" else None
     state, prep, jobs, queued_at = await _prepare_and_queue(
         request, question=req.question, mode=req.mode, style=req.style, top_k=req.top_k, filters=req.filters,
         retriever=req.retriever, model=req.model, adapter=req.adapter, max_new_tokens=req.max_new_tokens,
-        on_piece=pieces.put if pieces else None, fusion=fusion)
+        on_piece=pieces.put if pieces else None, fusion=fusion, score=req.question if req.lm_prior else None)
     model = state.model_name or ""
     if prep.per_source:
-        return await _per_source(prep, jobs, model, req, state.config.source_temperature, queued_at)
+        return await _per_source(prep, jobs, model, req, state.config.source_temperature, queued_at,
+                                 get_batcher(request), state)
     job = jobs[0]
     if pieces is None:
         gen = await _await_job(job)
@@ -171,20 +178,22 @@ async def ask(request: Request, req: S.AskRequest):
 
 
 async def _per_source(prep: Prepared, jobs: list[GenJob], model: str, req: S.AskRequest, temperature: float,
-                      queued_at: float):
+                      queued_at: float, batcher, state: AppState):
     """fusion per-source: the sources' answers best first; once the winner is settled (no answer still
-    to come could change it, ragtune.per_source.replies_settled) the jobs not yet started are cancelled. The
-    likeliest answer is streamed as one piece."""
+    to come could change it, ragtune.per_source.replies_settled) the jobs not yet started are cancelled
+    (with `lm_prior`, every source is awaited: its score needs them all). With `avoid_echo`, replies that
+    only repeat the question are asked again (`_ask_again_on_echo`). The likeliest answer is streamed as
+    one piece."""
     from ragtune import pipeline
     from ragtune.per_source import replies_settled
 
     gens: list = [None] * len(jobs)
     scores = [float(p.sources[0].score) for p in prep.per_source]
+    parse = lambda text: prep.style.parse(text).answer  # noqa: E731
     try:
         for i, job in enumerate(jobs):
             gens[i] = await _await_job(job)
-            if i + 1 < len(jobs) and replies_settled(gens, scores, lambda text: prep.style.parse(text).answer,
-                                                     temperature):
+            if i + 1 < len(jobs) and not req.lm_prior and replies_settled(gens, scores, parse, temperature):
                 for j, rest in enumerate(jobs[i + 1:], i + 1):
                     if rest.future.done() and not rest.future.cancelled() and rest.future.exception() is None:
                         gens[j] = rest.future.result()  # it ran already: keep it as a candidate
@@ -197,7 +206,9 @@ async def _per_source(prep: Prepared, jobs: list[GenJob], model: str, req: S.Ask
             j.cancelled.set()
             j.future.cancel()
         raise
-    out = pipeline.per_source_answer(prep, gens, model, req.adapter, temperature)
+    if req.avoid_echo:
+        gens = await _ask_again_on_echo(prep, jobs, gens, req.question, parse, batcher, state)
+    out = pipeline.per_source_answer(prep, gens, model, req.adapter, temperature, lm_prior=req.lm_prior)
     out["timings"]["queue_ms"] = round(max(0.0, (time.perf_counter() - queued_at) * 1000
                                            - out["timings"]["generate_ms"]), 2)
     if not req.stream:
@@ -208,6 +219,31 @@ async def _per_source(prep: Prepared, jobs: list[GenJob], model: str, req: S.Ask
         yield _sse("final", out)
 
     return _stream_response(events())
+
+
+async def _ask_again_on_echo(prep: Prepared, jobs: list[GenJob], gens: list, question: str, parse, batcher,
+                             state: AppState) -> list:
+    """ragtune.per_source.ask_again_on_echo through the queue: each retry is a job like the first (same
+    prompt, adapter, bound and score) with the earlier replies' first tokens banned; 503 if the queue is full."""
+    from ragtune.per_source import ask_again_on_echo
+
+    like = {id(job.messages): job for job in jobs}
+
+    def generate(prompts: list, bans: list) -> list:  # runs in a worker thread: waiting blocks only it
+        retries = [GenJob(messages=m, max_new_tokens=like[id(m)].max_new_tokens, adapter=like[id(m)].adapter,
+                          score=like[id(m)].score, ban_first=b) for m, b in zip(prompts, bans)]
+        try:
+            for job in retries:
+                batcher.submit(job)
+        except QueueFull as err:
+            for job in retries:
+                job.cancelled.set()
+                job.future.cancel()
+            raise _busy(state, err) from None
+        return [job.future.result() for job in retries]
+
+    return await run_in_threadpool(ask_again_on_echo, generate, [job.messages for job in jobs], gens,
+                                   [question] * len(jobs), parse)
 
 
 # -- OpenAI-compatible ------------------------------------------------------------------

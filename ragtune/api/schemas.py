@@ -90,6 +90,12 @@ class AskRequest(_Strict):
         None, description="rag mode: `per-source` (the default: one prompt per source; the answer with the "
         "highest p(source) x p(answer | source) wins; streamed as one piece) or `joint` (all sources in one "
         "prompt, streamed token by token); closed-book, or top_k above the server's queue size: joint")
+    lm_prior: float = Field(0.0, ge=0, le=100, description="per-source: add this x the model's own mean "
+                            "log p(question | source) to each source's retrieval score before choosing (UPR "
+                            "reranking from the answering prefill; every source is asked). The eval's best "
+                            "untuned arm uses 1.0")
+    avoid_echo: bool = Field(False, description="per-source: ask again (at most twice, the previous first token "
+                             "banned) when a reply only repeats words of the question")
 
     _q = field_validator("question")(_question)
     _f = field_validator("filters")(_filters)
