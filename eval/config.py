@@ -33,7 +33,8 @@ def exits_early(arm: "ArmConfig | dict") -> bool:
     """Whether a per-source arm stops asking sources once the winner is settled: its `early_exit`,
     unless `lm_prior` needs every source's score. For an ArmConfig or its dict (results.json)."""
     get = arm.get if isinstance(arm, dict) else lambda key, default=None: getattr(arm, key, default)
-    return get("fusion", "joint") == "per-source" and bool(get("early_exit", True)) and not get("lm_prior", 0.0)
+    needs_all = get("lm_prior", 0.0) and get("lm_prior_model", "answer") == "answer"
+    return get("fusion", "joint") == "per-source" and bool(get("early_exit", True)) and not needs_all
 
 
 def resolve_path(value: str | Path | None, base: Path | None = None) -> Path | None:
@@ -124,6 +125,12 @@ class ArmConfig:
     """per-source: weight of the generator's mean log p(question | source) added to each source's
     retrieval score before the softmax (UPR reranking, read from the answering prefill; ragtune.per_source).
     > 0 asks all k sources (no early exit); 0 = retrieval scores alone."""
+    lm_prior_model: str = "answer"
+    """per-source with lm_prior: whose log p(question | source). `answer`: the answering model's own (the
+    arm's adapter included), read from the prefill that answers, so every source is asked. `base`: the base
+    model's (adapter off), from a separate prefill of the same prompts before answering; the sources are
+    then re-ranked by the new score and the early exit applies. For tuned readers, which learned to answer
+    from whatever source they get, not to judge sources (eval/README.md)."""
     avoid_echo: bool = False
     """Ask again (at most twice, the previous reply's first token banned) when a reply only repeats words
     of the question ("Where is the aboral organ?" -> "The aboral organ"; retriever.answer.is_echo), as
@@ -184,6 +191,10 @@ class ArmConfig:
         if self.lm_prior and self.fusion != "per-source":
             raise ValueError(f"arm {self.name}: lm_prior needs fusion: per-source (it reranks the sources "
                              f"answered one by one)")
+        if self.lm_prior_model not in ("answer", "base"):
+            raise ValueError(f"arm {self.name}: lm_prior_model must be answer or base, got {self.lm_prior_model!r}")
+        if self.lm_prior_model == "base" and not self.lm_prior:
+            raise ValueError(f"arm {self.name}: lm_prior_model: base needs lm_prior > 0")
         if not isinstance(self.avoid_echo, bool):
             raise ValueError(f"arm {self.name}: avoid_echo must be true or false, got {self.avoid_echo!r}")
         if not isinstance(self.early_exit, bool):

@@ -61,6 +61,7 @@ def build_results(config, rows: list[dict], meta: dict, split: dict | None = Non
             s["early_exit"] = exits_early(arm)
             if arm.get("lm_prior"):
                 s["lm_prior"] = arm["lm_prior"]
+                s["lm_prior_model"] = arm.get("lm_prior_model", "answer")
         if arm.get("style") == "few-shot" or "few-shot" in str(arm.get("prompt_style") or ""):
             s["shots"] = cfg.get("shots") if arm.get("shots") is None else arm.get("shots")
             s["shot_selection"] = arm.get("shot_selection") or cfg.get("shot_selection", "random")
@@ -214,8 +215,9 @@ def _setup_lines(results: dict) -> list[str]:
                          "answer with the highest p(source) x p(answer | source) wins, p(source) = softmax("
                          + (f"score / {s.get('source_temperature')})" if not s.get("lm_prior") else
                             f"(score + {s['lm_prior']} x the model's mean log p(question | source)) / "
-                            f"{s.get('source_temperature')}), the generator reranking the sources (UPR) in "
-                            "the prefill that answers")
+                            f"{s.get('source_temperature')}), the generator reranking the sources (UPR) "
+                            + ("in the prefill that answers" if s.get("lm_prior_model", "answer") == "answer" else
+                               "with the base model (adapter off) in a separate prefill before answering"))
                          + ("; sources asked best first, stopping once the winner is settled (exact early exit)."
                             if s.get("early_exit", True) else "; every source asked."))
     for name, s in results["arms"].items():

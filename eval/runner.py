@@ -284,6 +284,33 @@ def _answer(arm: ArmConfig, style, built: list[tuple], gens: list) -> dict:
     return out
 
 
+def _rerank_by_base(st: RunState, arm: ArmConfig, built: list[list[tuple]], question_of: dict):
+    """Per-source prompts re-ranked by retrieval score + lm_prior x the BASE model's mean log p(question |
+    source) (adapter off, one batched prefill of every prompt; lm_prior_model: base). Each source's hit
+    carries the new score and its prior (`metadata["question_logprob"]`). Returns (built, prompt tokens
+    that prefill read per question)."""
+    import dataclasses
+
+    flat = [p.messages for b in built for p, _ in b]
+    pre = iter(st.generator.generate(flat, adapter=None, max_new_tokens=1,
+                                     score=[question_of[id(m)] for m in flat]) if flat else [])
+    out, tokens = [], []
+    for b in built:
+        scored = []
+        for p, included in b:
+            g = next(pre)
+            hit = p.sources[0]
+            lp = g.prompt_logprob
+            new = float(hit.score) + arm.lm_prior * lp if lp is not None else float(hit.score)
+            meta = {**(hit.metadata or {}), "question_logprob": None if lp is None else round(lp, 4)}
+            scored.append((new, dataclasses.replace(p, sources=[dataclasses.replace(hit, score=new, metadata=meta)]
+                                                    + list(p.sources[1:])), included, g.prompt_tokens))
+        scored.sort(key=lambda t: -t[0])
+        out.append([(p, included) for _, p, included, _ in scored])
+        tokens.append(sum(t for *_, t in scored))
+    return out, tokens
+
+
 def run_arm(st: RunState, arm: ArmConfig, done: set, progress=None) -> list[dict]:
     """Answer the pending questions of one arm in batches; rows are appended as batches finish."""
     from retriever.answer import drop_restated
@@ -307,11 +334,16 @@ def run_arm(st: RunState, arm: ArmConfig, done: set, progress=None) -> list[dict
         question_of = {id(p.messages): q.question for q, b in zip(batch, built) for p, _ in b}
         answer_of = lambda text: style.parse(text).answer  # noqa: E731
 
+        in_prefill = arm.lm_prior and arm.lm_prior_model == "answer"
+        extra_tokens = [0] * len(batch)
+        if arm.lm_prior and not in_prefill:  # the base model's prior, before answering
+            built, extra_tokens = _rerank_by_base(st, arm, built, question_of)
+
         def generate(prompts, ban_first=None):
             # an lm_prior arm also scores each question given its source in the answering prefill; that
             # prior is known only once every source is prefilled, so it asks all k
             return st.generator.generate(prompts, max_new_tokens=max_new, ban_first=ban_first,
-                                         score=[question_of[id(m)] for m in prompts] if arm.lm_prior else None)
+                                         score=[question_of[id(m)] for m in prompts] if in_prefill else None)
 
         def answer_round(prompts):
             gens = generate(prompts)
@@ -325,15 +357,17 @@ def run_arm(st: RunState, arm: ArmConfig, done: set, progress=None) -> list[dict
                               early_exit=exits_early(arm))
         gen_ms = (time.perf_counter() - t0) * 1000 / len(batch)
         rows = []
-        for q, hits, b, g, rms in zip(batch, hits_list, built, gens, ret_ms):
+        for q, hits, b, g, rms, extra in zip(batch, hits_list, built, gens, ret_ms, extra_tokens):
             ans = _answer(arm, style, b, g)
+            ans["prompt_tokens"] += extra
             parsed, included = ans["parsed"], ans["included"]
             prediction = drop_restated(parsed.answer, q.question) if arm.trim else parsed.answer
             passages = [st.corpus.passage_of(h.source) for h in hits] if hits is not None else None
             row = {"arm": arm.name, "qid": q.id, "question": q.question, "answers": list(q.answers),
                    "prediction": prediction, "raw": ans["raw"], "reasoning": parsed.reasoning,
                    "cited": ans["cited"], "gold_passage": q.paragraph_id,
-                   "sources": [{"n": i, "source": h.source, "score": round(float(h.score), 5)}
+                   "sources": [{"n": i, "source": h.source, "score": round(float(h.score), 5),
+                                **{k: v for k, v in (h.metadata or {}).items() if k == "question_logprob"}}
                                for i, h in enumerate(ans["sources"], 1)] if included is not None else None,
                    "k": cfg.arm_k(arm) if arm.uses_retrieval else None,
                    "prompt_tokens": ans["prompt_tokens"], "new_tokens": ans["new_tokens"],

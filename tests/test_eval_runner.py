@@ -288,6 +288,35 @@ def test_lm_prior_arm_reranks_sources_by_the_question_given_each_source(world, t
         _config(world, [{"name": "x", "mode": "rag", "lm_prior": 1.0}])
 
 
+def test_base_lm_prior_reranks_sources_before_answering(world, tmp_path):
+    """lm_prior_model: base scores every source's prompt with the base model first, re-orders the sources
+    by retrieval score + w x that log p(question | source), then answers them best first (early exit on)."""
+    from eval.runner import ROWS_FILE, run_eval
+
+    arms = [{"name": "ps", "mode": "rag", "fusion": "per-source", "early_exit": False},
+            {"name": "ps-lm", "mode": "rag", "fusion": "per-source", "lm_prior": 2.0, "early_exit": False},
+            {"name": "ps-base", "mode": "rag", "fusion": "per-source", "lm_prior": 2.0, "lm_prior_model": "base"}]
+    results = run_eval(_config(world, arms), tmp_path / "out", models_dir=world["base"], log=lambda m: None)
+    rows = [json.loads(line) for line in (tmp_path / "out" / ROWS_FILE).read_text().splitlines()]
+    by = {(r["arm"], r["qid"]): r for r in rows}
+    for r in (r for r in rows if r["arm"] == "ps-base"):
+        plain, lm = by["ps", r["qid"]], by["ps-lm", r["qid"]]
+        retrieval = {s["source"]: s["score"] for s in plain["sources"]}
+        in_prefill = {s["source"]: c["question_logprob"] for s, c in zip(lm["sources"], lm["candidates"])}
+        scores = [s["score"] for s in r["sources"]]
+        assert scores == sorted(scores, reverse=True)  # asked best first by the new score
+        for s in r["sources"]:  # an untuned arm: the base model is the answering model
+            assert s["question_logprob"] == pytest.approx(in_prefill[s["source"]], abs=2e-3)
+            assert s["score"] == pytest.approx(retrieval[s["source"]] + 2.0 * s["question_logprob"], abs=1e-3)
+        assert r["prompt_tokens"] > sum(1 for c in r["candidates"] if c.get("asked", True))
+    assert results["arms"]["ps-base"]["lm_prior_model"] == "base" and results["arms"]["ps-base"]["early_exit"]
+    assert "with the base model (adapter off)" in (tmp_path / "out" / "report.md").read_text()
+    with pytest.raises(ValueError, match="lm_prior_model must be answer or base"):
+        _config(world, [{"name": "x", "mode": "rag", "fusion": "per-source", "lm_prior": 1.0, "lm_prior_model": "x"}])
+    with pytest.raises(ValueError, match="needs lm_prior > 0"):
+        _config(world, [{"name": "x", "mode": "rag", "fusion": "per-source", "lm_prior_model": "base"}])
+
+
 def test_avoid_echo_arm_asks_again_when_the_reply_only_repeats_the_question(world, tmp_path, monkeypatch):
     """avoid_echo: a reply judged an echo is asked for again with its first token banned. With a stand-in
     judging the plain arm's own replies echoes, every avoid_echo answer differs from the plain one."""
