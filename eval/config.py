@@ -131,6 +131,10 @@ class ArmConfig:
     model's (adapter off), from a separate prefill of the same prompts before answering; the sources are
     then re-ranked by the new score and the early exit applies. For tuned readers, which learned to answer
     from whatever source they get, not to judge sources (eval/README.md)."""
+    lm_prior_margin: float | None = None
+    """lm_prior_model base: score only the questions whose top two retrieval scores differ by less than
+    this (the prior rarely overturns a clear retrieval lead; the others keep the retrieval order and cost no
+    extra prefill). None = every question."""
     avoid_echo: bool = False
     """Ask again (at most twice, the previous reply's first token banned) when a reply only repeats words
     of the question ("Where is the aboral organ?" -> "The aboral organ"; retriever.answer.is_echo), as
@@ -195,6 +199,12 @@ class ArmConfig:
             raise ValueError(f"arm {self.name}: lm_prior_model must be answer or base, got {self.lm_prior_model!r}")
         if self.lm_prior_model == "base" and not self.lm_prior:
             raise ValueError(f"arm {self.name}: lm_prior_model: base needs lm_prior > 0")
+        if self.lm_prior_margin is not None:
+            if (isinstance(self.lm_prior_margin, bool) or not isinstance(self.lm_prior_margin, (int, float))
+                    or not self.lm_prior_margin > 0):
+                raise ValueError(f"arm {self.name}: lm_prior_margin must be a number > 0, got {self.lm_prior_margin!r}")
+            if self.lm_prior_model != "base":
+                raise ValueError(f"arm {self.name}: lm_prior_margin needs lm_prior_model: base")
         if not isinstance(self.avoid_echo, bool):
             raise ValueError(f"arm {self.name}: avoid_echo must be true or false, got {self.avoid_echo!r}")
         if not isinstance(self.early_exit, bool):

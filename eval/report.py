@@ -62,6 +62,8 @@ def build_results(config, rows: list[dict], meta: dict, split: dict | None = Non
             if arm.get("lm_prior"):
                 s["lm_prior"] = arm["lm_prior"]
                 s["lm_prior_model"] = arm.get("lm_prior_model", "answer")
+                if arm.get("lm_prior_margin") is not None:
+                    s["lm_prior_margin"] = arm["lm_prior_margin"]
         if arm.get("style") == "few-shot" or "few-shot" in str(arm.get("prompt_style") or ""):
             s["shots"] = cfg.get("shots") if arm.get("shots") is None else arm.get("shots")
             s["shot_selection"] = arm.get("shot_selection") or cfg.get("shot_selection", "random")
@@ -217,7 +219,9 @@ def _setup_lines(results: dict) -> list[str]:
                             f"(score + {s['lm_prior']} x the model's mean log p(question | source)) / "
                             f"{s.get('source_temperature')}), the generator reranking the sources (UPR) "
                             + ("in the prefill that answers" if s.get("lm_prior_model", "answer") == "answer" else
-                               "with the base model (adapter off) in a separate prefill before answering"))
+                               "with the base model (adapter off) in a separate prefill before answering"
+                               + (f", for the questions whose top two retrieval scores differ by less than "
+                                  f"{s['lm_prior_margin']}" if s.get("lm_prior_margin") is not None else "")))
                          + ("; sources asked best first, stopping once the winner is settled (exact early exit)."
                             if s.get("early_exit", True) else "; every source asked."))
     for name, s in results["arms"].items():

@@ -287,15 +287,24 @@ def _answer(arm: ArmConfig, style, built: list[tuple], gens: list) -> dict:
 def _rerank_by_base(st: RunState, arm: ArmConfig, built: list[list[tuple]], question_of: dict):
     """Per-source prompts re-ranked by retrieval score + lm_prior x the BASE model's mean log p(question |
     source) (adapter off, one batched prefill of every prompt; lm_prior_model: base). Each source's hit
-    carries the new score and its prior (`metadata["question_logprob"]`). Returns (built, prompt tokens
-    that prefill read per question)."""
+    carries the new score and its prior (`metadata["question_logprob"]`). With `lm_prior_margin`, only
+    questions whose top two retrieval scores are closer than it are scored; the others keep the retrieval
+    order. Returns (built, prompt tokens that prefill read per question)."""
     import dataclasses
 
-    flat = [p.messages for b in built for p, _ in b]
+    def unsure(b) -> bool:  # retrieval's top two are close enough for the prior to matter
+        return (arm.lm_prior_margin is None or len(b) < 2
+                or float(b[0][0].sources[0].score) - float(b[1][0].sources[0].score) < arm.lm_prior_margin)
+
+    flat = [p.messages for b in built if unsure(b) for p, _ in b]
     pre = iter(st.generator.generate(flat, adapter=None, max_new_tokens=1,
                                      score=[question_of[id(m)] for m in flat]) if flat else [])
     out, tokens = [], []
     for b in built:
+        if not unsure(b):
+            out.append(b)
+            tokens.append(0)
+            continue
         scored = []
         for p, included in b:
             g = next(pre)

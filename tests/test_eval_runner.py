@@ -295,7 +295,10 @@ def test_base_lm_prior_reranks_sources_before_answering(world, tmp_path):
 
     arms = [{"name": "ps", "mode": "rag", "fusion": "per-source", "early_exit": False},
             {"name": "ps-lm", "mode": "rag", "fusion": "per-source", "lm_prior": 2.0, "early_exit": False},
-            {"name": "ps-base", "mode": "rag", "fusion": "per-source", "lm_prior": 2.0, "lm_prior_model": "base"}]
+            {"name": "ps-base", "mode": "rag", "fusion": "per-source", "lm_prior": 2.0, "lm_prior_model": "base"},
+            # a margin no retrieval lead is below: no question is scored, the retrieval order stays
+            {"name": "ps-sure", "mode": "rag", "fusion": "per-source", "lm_prior": 2.0, "lm_prior_model": "base",
+             "lm_prior_margin": 1e-9, "early_exit": False}]
     results = run_eval(_config(world, arms), tmp_path / "out", models_dir=world["base"], log=lambda m: None)
     rows = [json.loads(line) for line in (tmp_path / "out" / ROWS_FILE).read_text().splitlines()]
     by = {(r["arm"], r["qid"]): r for r in rows}
@@ -309,12 +312,20 @@ def test_base_lm_prior_reranks_sources_before_answering(world, tmp_path):
             assert s["question_logprob"] == pytest.approx(in_prefill[s["source"]], abs=2e-3)
             assert s["score"] == pytest.approx(retrieval[s["source"]] + 2.0 * s["question_logprob"], abs=1e-3)
         assert r["prompt_tokens"] > sum(1 for c in r["candidates"] if c.get("asked", True))
+        sure = by["ps-sure", r["qid"]]
+        assert sure["sources"] == plain["sources"] and sure["prompt_tokens"] == plain["prompt_tokens"]
     assert results["arms"]["ps-base"]["lm_prior_model"] == "base" and results["arms"]["ps-base"]["early_exit"]
+    assert results["arms"]["ps-sure"]["lm_prior_margin"] == 1e-9
     assert "with the base model (adapter off)" in (tmp_path / "out" / "report.md").read_text()
     with pytest.raises(ValueError, match="lm_prior_model must be answer or base"):
         _config(world, [{"name": "x", "mode": "rag", "fusion": "per-source", "lm_prior": 1.0, "lm_prior_model": "x"}])
     with pytest.raises(ValueError, match="needs lm_prior > 0"):
         _config(world, [{"name": "x", "mode": "rag", "fusion": "per-source", "lm_prior_model": "base"}])
+    for bad in ({"lm_prior_model": "base", "lm_prior_margin": 0}, {"lm_prior_model": "base", "lm_prior_margin": "x"}):
+        with pytest.raises(ValueError, match="lm_prior_margin must be a number > 0"):
+            _config(world, [{"name": "x", "mode": "rag", "fusion": "per-source", "lm_prior": 1.0, **bad}])
+    with pytest.raises(ValueError, match="lm_prior_margin needs lm_prior_model: base"):
+        _config(world, [{"name": "x", "mode": "rag", "fusion": "per-source", "lm_prior": 1.0, "lm_prior_margin": 1.0}])
 
 
 def test_avoid_echo_arm_asks_again_when_the_reply_only_repeats_the_question(world, tmp_path, monkeypatch):
