@@ -292,16 +292,15 @@ def _rerank_by_base(st: RunState, arm: ArmConfig, built: list[list[tuple]], ques
     order. Returns (built, prompt tokens that prefill read per question)."""
     import dataclasses
 
-    def unsure(b) -> bool:  # retrieval's top two are close enough for the prior to matter
-        return (arm.lm_prior_margin is None or len(b) < 2
-                or float(b[0][0].sources[0].score) - float(b[1][0].sources[0].score) < arm.lm_prior_margin)
-
-    flat = [p.messages for b in built if unsure(b) for p, _ in b]
+    unsure = [arm.lm_prior_margin is None or len(b) < 2  # retrieval's top two close enough to matter
+              or float(b[0][0].sources[0].score) - float(b[1][0].sources[0].score) < arm.lm_prior_margin
+              for b in built]
+    flat = [p.messages for b, u in zip(built, unsure) if u for p, _ in b]
     pre = iter(st.generator.generate(flat, adapter=None, max_new_tokens=1,
                                      score=[question_of[id(m)] for m in flat]) if flat else [])
     out, tokens = [], []
-    for b in built:
-        if not unsure(b):
+    for b, u in zip(built, unsure):
+        if not u:
             out.append(b)
             tokens.append(0)
             continue

@@ -103,15 +103,19 @@ class Generator:
     def encode_scored(self, messages: list[dict], text: str) -> tuple[list[int], tuple[int, int] | None]:
         """Token ids of the rendered prompt and the token span `[start, end)` covering the last
         occurrence of `text` in it (None when it does not occur, or the tokenizer gives no offsets)."""
-        rendered = self.render(messages)
-        at = rendered.rfind(text.strip()) if text and text.strip() else -1  # None / blank: nothing to score
-        if at < 0:
+        text = (text or "").strip()
+        if not text:  # None / blank: nothing to score (the unscored prompts of `serve` take this path)
             return self.encode(messages), None
+        rendered = self.render(messages)
+        at = rendered.rfind(text)
+        plain = lambda: self.tokenizer(rendered, add_special_tokens=False)["input_ids"]  # noqa: E731 - = encode
+        if at < 0:
+            return plain(), None
         try:
             enc = self.tokenizer(rendered, add_special_tokens=False, return_offsets_mapping=True)
         except (NotImplementedError, ValueError):  # a slow (Python) tokenizer has no offsets
-            return self.encode(messages), None
-        ids, offsets, stop = enc["input_ids"], enc["offset_mapping"], at + len(text.strip())
+            return plain(), None
+        ids, offsets, stop = enc["input_ids"], enc["offset_mapping"], at + len(text)
         covering = [i for i, (a, b) in enumerate(offsets) if a < stop and b > at]
         if not covering or covering[0] < 1:
             return ids, None

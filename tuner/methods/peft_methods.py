@@ -11,14 +11,12 @@ def _target(tm: str | list[str]) -> str | list[str]:
     return "all-linear" if tm == "all-linear" else list(tm)
 
 
-def _block_linear_names(model) -> list[str]:
-    """Names of the linear layers inside a transformer block (q_proj, ..., down_proj)."""
-    import torch
+def _linear_names(model) -> list[str]:
+    """Short names of the model's linear layers but the head (q_proj, ..., down_proj): "all-linear" spelled
+    out, which peft needs beside layers_to_transform (it then adapts only those inside the chosen blocks)."""
+    from tuner.methods.partial import linear_modules
 
-    from tuner.methods.partial import decoder_layers
-
-    block = decoder_layers(model)[0]
-    return sorted({name.rsplit(".", 1)[-1] for name, m in block.named_modules() if isinstance(m, torch.nn.Linear)})
+    return sorted({name.rsplit(".", 1)[-1] for name, _ in linear_modules(model, "all-linear")})
 
 
 @register
@@ -36,7 +34,7 @@ class LoRA(Method):
                 raise ValueError(f"method_args.layers={args.layers}, but this model has {n} transformer blocks")
             layers = list(range(n - args.layers, n))
             if target == "all-linear":  # peft takes layers_to_transform only with named targets
-                target = _block_linear_names(model)
+                target = _linear_names(model)
         return LoraConfig(task_type=TaskType.CAUSAL_LM, r=args.r, lora_alpha=args.alpha,
                           lora_dropout=args.dropout, target_modules=target,
                           use_rslora=args.use_rslora, use_dora=self.use_dora, layers_to_transform=layers)
