@@ -32,9 +32,11 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 def exits_early(arm: "ArmConfig | dict") -> bool:
     """Whether a per-source arm stops asking sources once the winner is settled: its `early_exit`,
     unless `lm_prior` needs every source's score. For an ArmConfig or its dict (results.json)."""
+    from ragtune.per_source import exits_early as may_exit
+
     get = arm.get if isinstance(arm, dict) else lambda key, default=None: getattr(arm, key, default)
-    needs_all = get("lm_prior", 0.0) and get("lm_prior_model", "answer") == "answer"
-    return get("fusion", "joint") == "per-source" and bool(get("early_exit", True)) and not needs_all
+    return get("fusion", "joint") == "per-source" and may_exit(
+        get("early_exit", True), get("lm_prior", 0.0), get("lm_prior_model", "answer") == "answer")
 
 
 def resolve_path(value: str | Path | None, base: Path | None = None) -> Path | None:

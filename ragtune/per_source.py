@@ -150,6 +150,13 @@ def ask_per_source(generate: Callable[[list], list], prompts: Sequence[Sequence]
     return gens
 
 
+def exits_early(early_exit: bool, lm_prior: float, prior_in_prefill: bool = True) -> bool:
+    """Whether per-source answering may stop once the winner is settled: `early_exit`, unless an
+    `lm_prior` read from the answering prefill needs every source's score first. A prior computed
+    before answering (`prior_in_prefill=False`, e.g. the eval's `lm_prior_model: base`) keeps it."""
+    return bool(early_exit) and not (lm_prior and prior_in_prefill)
+
+
 @dataclass
 class SourceChoice:
     """The outcome of asking one question once per source."""

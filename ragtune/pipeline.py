@@ -241,7 +241,7 @@ def ask(question: str, generator: Any, options: AskOptions | None = None, search
     if options.adapter != _DEFAULT:
         kwargs["adapter"] = options.adapter
     if prepared.per_source:
-        from ragtune.per_source import ask_again_on_echo, ask_per_source
+        from ragtune.per_source import ask_again_on_echo, ask_per_source, exits_early
 
         parse = lambda text: prepared.style.parse(text).answer  # noqa: E731
 
@@ -260,7 +260,7 @@ def ask(question: str, generator: Any, options: AskOptions | None = None, search
         gens = ask_per_source(answer_round, [[p.messages for p in prepared.per_source]],
                               [[float(p.sources[0].score) for p in prepared.per_source]],
                               parse, options.source_temperature,
-                              early_exit=options.early_exit and not options.lm_prior)[0]
+                              early_exit=exits_early(options.early_exit, options.lm_prior))[0]
         out = per_source_answer(prepared, gens, generator.name, gens[0].adapter, options.source_temperature,
                                 generate_ms=(time.perf_counter() - t0) * 1000, lm_prior=options.lm_prior)
         if on_piece is not None:

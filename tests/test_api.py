@@ -709,3 +709,60 @@ def test_real_uvicorn_server_on_loopback(world):
         server.should_exit = True
         thread.join(30)
     assert not thread.is_alive()
+
+
+def test_a_client_that_leaves_cancels_its_queued_generation(world):
+    """A non-streamed /v1/ask whose client disconnects while its job waits in the queue: the job is
+    cancelled and never generated (a real server, since only it reports the disconnect)."""
+    import httpx
+    import uvicorn
+
+    from ragtune.settings import Settings
+
+    port = _free_port()
+    st = load_state(make_config(world, port=port, max_batch=1, batch_wait_ms=0), Settings.from_env())
+    gate = threading.Event()
+    real_generate, real_serve = st.generator.generate, st.generator.serve
+
+    def gated(*args, **kwargs):
+        assert gate.wait(30)
+        return real_generate(*args, **kwargs)
+
+    def gated_serve(*args, **kwargs):
+        assert gate.wait(30)
+        return real_serve(*args, **kwargs)
+
+    st.generator.generate, st.generator.serve = gated, gated_serve
+    server = uvicorn.Server(uvicorn.Config(create_app(st.config, state=st), host="127.0.0.1", port=port,
+                                           log_level="warning", lifespan="on"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    base = f"http://127.0.0.1:{port}"
+    ask = {"question": "bread", "retriever": "bm25", "top_k": 1, "max_new_tokens": 2}
+    try:
+        deadline = time.time() + 60
+        while not server.started and time.time() < deadline:
+            time.sleep(0.05)
+        before = st.batcher.stats.requests
+        first = []
+        t1 = threading.Thread(target=lambda: first.append(httpx.post(f"{base}/v1/ask", json=ask, timeout=30)))
+        t1.start()
+        while st.batcher.stats.batches < 1 and time.time() < deadline:  # the worker holds the first job
+            time.sleep(0.01)
+        with httpx.Client(base_url=base, timeout=1.0) as c, pytest.raises(httpx.ReadTimeout):
+            c.post("/v1/ask", json=ask)  # queued behind the first; the client gives up and leaves
+        queued = list(st.batcher._q)
+        assert len(queued) == 1
+        while not queued[0].cancelled.is_set() and time.time() < deadline:
+            time.sleep(0.02)
+        assert queued[0].cancelled.is_set(), "the disconnect did not cancel the queued job"
+        gate.set()
+        t1.join(30)
+        assert first and first[0].status_code == 200, first
+        time.sleep(0.5)
+        assert st.batcher.stats.requests - before == 1  # only the first was generated
+    finally:
+        gate.set()
+        server.should_exit = True
+        thread.join(30)
+        st.close()

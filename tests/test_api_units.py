@@ -300,3 +300,38 @@ def test_generation_error_reaches_every_waiting_request(broken, wait_ms):
                 f.result(10)
     finally:
         b.stop()
+
+
+def test_echo_retries_are_cancelled_when_the_request_goes_away():
+    """avoid_echo's retries wait in a worker thread; cancelling the request (client gone, shutdown) must
+    cancel the retry jobs it queued instead of leaving them to be generated for nobody."""
+    import asyncio
+
+    from ragtune.api.routes_ask import _ask_again_on_echo
+
+    queued: list[GenJob] = []
+
+    class NeverRuns:  # a queue whose worker is busy elsewhere
+        def submit(self, job, **_):
+            queued.append(job)
+            return job.future
+
+    question = "What is the capital of France?"
+    jobs = [GenJob(messages=[{"role": "user", "content": question}], max_new_tokens=4, score=question)]
+    gens = [SimpleNamespace(text=question, first_token_id=7)]  # the reply only repeats the question
+
+    async def main():
+        task = asyncio.create_task(_ask_again_on_echo(None, jobs, gens, question, lambda t: t, NeverRuns(), None))
+        for _ in range(500):
+            await asyncio.sleep(0.01)
+            if queued:
+                break
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await asyncio.wait_for(task, 5)
+
+    asyncio.run(main())
+    assert len(queued) == 1, "one retry, then the request went away"
+    retry = queued[0]
+    assert retry.ban_first == [7] and retry.score == question and retry.max_new_tokens == 4
+    assert retry.cancelled.is_set() and retry.future.cancelled()

@@ -160,3 +160,15 @@ def test_eval_styles_register_and_build():
     for arm in cfg.arms:
         if arm.prompt_style:
             assert get_style(arm.prompt_style).uses_context == arm.uses_context
+
+
+def test_exits_early_unless_the_answering_prefill_must_score_every_source():
+    from eval.config import exits_early
+
+    per = {"name": "p", "mode": "rag", "fusion": "per-source", "k": 3}
+    assert exits_early(per) and exits_early(ArmConfig(**per))
+    assert not exits_early({**per, "early_exit": False})
+    assert not exits_early({**per, "lm_prior": 1.0})  # its own prior is read while answering: ask all k
+    base = {**per, "lm_prior": 1.0, "lm_prior_model": "base"}  # the base model's prior comes before answering
+    assert exits_early(base) and exits_early(ArmConfig(**base))
+    assert not exits_early({"name": "j", "mode": "rag", "fusion": "joint"})

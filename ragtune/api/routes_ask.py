@@ -7,11 +7,11 @@ import json
 import time
 import uuid
 from types import SimpleNamespace
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Awaitable
 
 from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import StreamingResponse
+from fastapi.responses import Response, StreamingResponse
 
 from . import schemas as S
 from .answering import Prepared, answer_object, check_adapter, check_model, prepare
@@ -86,6 +86,31 @@ async def _await_job(job: GenJob) -> Any:
         raise
 
 
+DISCONNECT_POLL_S = 0.25
+"""How often a waiting request checks that its client is still connected."""
+
+
+async def _unless_client_leaves(request: Request, work: Awaitable) -> Any:
+    """Await a route's `work`; if the client disconnects first, cancel it (its queued or running
+    generation jobs are cancelled in turn, `_await_job`) and answer 499 to nobody. Streams return
+    their response at once: Starlette cancels a stream whose client has gone."""
+    task = asyncio.ensure_future(work)
+    try:
+        while True:
+            done, _ = await asyncio.wait({task}, timeout=DISCONNECT_POLL_S)
+            if done:
+                return task.result()
+            if await request.is_disconnected():
+                task.cancel()
+                await asyncio.wait({task})
+                if not task.cancelled():
+                    task.exception()  # retrieved: whatever it was, nobody is there to hear it
+                return Response(status_code=499)
+    finally:
+        if not task.done():  # this request itself was cancelled (shutdown)
+            task.cancel()
+
+
 def _sse(event: str, data: Any) -> str:
     return f"event: {event}\ndata: {json.dumps(data, ensure_ascii=False)}\n\n"
 
@@ -139,7 +164,12 @@ async def ask(request: Request, req: S.AskRequest):
     With `"stream": true` the reply is Server-Sent Events: `token` events
     (`{"text": piece}`), then ONE `final` event with the whole answer object
     (sources, cited, timings), or an `error` event.
+    If the client disconnects before the answer, its generation is cancelled.
     """
+    return await _unless_client_leaves(request, _ask(request, req))
+
+
+async def _ask(request: Request, req: S.AskRequest):
     from ragtune.pipeline import default_fusion
 
     fusion = req.fusion or default_fusion(req.mode)
@@ -185,7 +215,7 @@ async def _per_source(prep: Prepared, jobs: list[GenJob], model: str, req: S.Ask
     only repeat the question are asked again (`_ask_again_on_echo`). The likeliest answer is streamed as
     one piece."""
     from ragtune import pipeline
-    from ragtune.per_source import replies_settled
+    from ragtune.per_source import exits_early, replies_settled
 
     gens: list = [None] * len(jobs)
     scores = [float(p.sources[0].score) for p in prep.per_source]
@@ -193,7 +223,8 @@ async def _per_source(prep: Prepared, jobs: list[GenJob], model: str, req: S.Ask
     try:
         for i, job in enumerate(jobs):
             gens[i] = await _await_job(job)
-            if i + 1 < len(jobs) and not req.lm_prior and replies_settled(gens, scores, parse, temperature):
+            if (i + 1 < len(jobs) and exits_early(True, req.lm_prior)
+                    and replies_settled(gens, scores, parse, temperature)):
                 for j, rest in enumerate(jobs[i + 1:], i + 1):
                     if rest.future.done() and not rest.future.cancelled() and rest.future.exception() is None:
                         gens[j] = rest.future.result()  # it ran already: keep it as a candidate
@@ -224,26 +255,45 @@ async def _per_source(prep: Prepared, jobs: list[GenJob], model: str, req: S.Ask
 async def _ask_again_on_echo(prep: Prepared, jobs: list[GenJob], gens: list, question: str, parse, batcher,
                              state: AppState) -> list:
     """ragtune.per_source.ask_again_on_echo through the queue: each retry is a job like the first (same
-    prompt, adapter, bound and score) with the earlier replies' first tokens banned; 503 if the queue is full."""
+    prompt, adapter, bound and score) with the earlier replies' first tokens banned; 503 if the queue is full.
+    If the request goes away meanwhile (client disconnect), the retries queued or running are cancelled."""
+    import threading
+    from concurrent.futures import CancelledError
+
     from ragtune.per_source import ask_again_on_echo
 
     like = {id(job.messages): job for job in jobs}
+    queued: list[GenJob] = []
+    gone = threading.Event()
+
+    def cancel(retries: list[GenJob]) -> None:
+        for job in retries:
+            job.cancelled.set()
+            job.future.cancel()
 
     def generate(prompts: list, bans: list) -> list:  # runs in a worker thread: waiting blocks only it
+        if gone.is_set():
+            raise CancelledError()
         retries = [GenJob(messages=m, max_new_tokens=like[id(m)].max_new_tokens, adapter=like[id(m)].adapter,
                           score=like[id(m)].score, ban_first=b) for m, b in zip(prompts, bans)]
+        queued.extend(retries)
         try:
             for job in retries:
                 batcher.submit(job)
         except QueueFull as err:
-            for job in retries:
-                job.cancelled.set()
-                job.future.cancel()
+            cancel(retries)
             raise _busy(state, err) from None
+        if gone.is_set():  # went away while these were being queued
+            cancel(retries)
         return [job.future.result() for job in retries]
 
-    return await run_in_threadpool(ask_again_on_echo, generate, [job.messages for job in jobs], gens,
-                                   [question] * len(jobs), parse)
+    try:  # asyncio.to_thread, not run_in_threadpool: a cancelled request must not wait for the thread
+        return await asyncio.to_thread(ask_again_on_echo, generate, [job.messages for job in jobs], gens,
+                                       [question] * len(jobs), parse)
+    except asyncio.CancelledError:  # the client went away: do not generate for nobody
+        gone.set()
+        cancel(list(queued))
+        raise
 
 
 # -- OpenAI-compatible ------------------------------------------------------------------
@@ -270,6 +320,10 @@ async def chat_completions(request: Request, req: S.ChatRequest):
     """OpenAI-compatible chat: the last user message is the question, answered with
     retrieval over the index; sources come back in the extra `sources` field. With
     `stream: true`: `data: {chat.completion.chunk}` lines, then `data: [DONE]`."""
+    return await _unless_client_leaves(request, _chat_completions(request, req))
+
+
+async def _chat_completions(request: Request, req: S.ChatRequest):
     question = [m for m in req.messages if m.role == "user"][-1].content.strip()
     max_new = req.max_completion_tokens or req.max_tokens
     pieces = _Pieces() if req.stream else None
