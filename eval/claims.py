@@ -75,13 +75,21 @@ def _method(s: dict) -> str | None:
     return (s.get("method") or "").lower() or None
 
 
+# what must match for two tuned arms to count as trained "on the same data" and answering the same way
+_SETUP = ("mode", "style", "train_kind", "train_examples", "train_steps", "fusion", "lm_prior")
+
+
+def _setup(s: dict) -> tuple:
+    return tuple(s.get(key) for key in _SETUP)
+
+
 def claim_lora_vs_full(arms: dict) -> str:
     tuned = _tuned(arms)
-    lora = [n for n in tuned if _method(arms[n]) in ("lora", "qlora", "dora")]
-    full = [n for n in tuned if _method(arms[n]) == "full"]
-    if not lora or not full:
+    pairs = [(a, b) for a in tuned if _method(arms[a]) in ("lora", "qlora", "dora")
+             for b in tuned if _method(arms[b]) == "full" and _setup(arms[a]) == _setup(arms[b])]
+    if not pairs:
         return NOT_MEASURED + " (needs a LoRA-tuned arm and a full fine-tuning arm on the same data)"
-    a, b = lora[0], full[0]
+    a, b = pairs[0]
     pa, pb = arms[a].get("trainable_pct"), arms[b].get("trainable_pct")
     sentence, verdict = compare(arms, a, b)
     close = "quality close to full fine-tuning" if verdict == "same" else (
@@ -94,7 +102,7 @@ def claim_more_layers(arms: dict) -> str:
     tuned = [n for n in _tuned(arms) if arms[n].get("trainable_params")]
     kinds: dict[tuple, list[str]] = {}
     for n in tuned:
-        kinds.setdefault((arms[n].get("mode"), arms[n].get("train_kind")), []).append(n)
+        kinds.setdefault(_setup(arms[n]), []).append(n)
     group = max(kinds.values(), key=len) if kinds else []
     params = {arms[n]["trainable_params"] for n in group}
     if len(group) < 2 or len(params) < 2:

@@ -123,6 +123,28 @@ def test_forgetting_and_lora_vs_full_claims():
     assert "training time 90 s vs 10 s" in layers
 
 
+def test_lora_vs_full_pairs_arms_trained_on_the_same_data():
+    arms_cfg = [{"name": "lora-wide", "train": {"kind": "raft"}, "mode": "rag"},
+                {"name": "lora", "train": {"kind": "raft"}, "mode": "rag"},
+                {"name": "full", "train": {"kind": "raft", "recipe": "full"}, "mode": "rag"}]
+    rows = (_rows("lora-wide", 100, 0.9, 5, 100, rag=True) + _rows("lora", 100, 0.5, 3, 100, rag=True)
+            + _rows("full", 100, 0.52, 4, 100, rag=True))
+    meta = {"lora-wide": {"adapter": "w", "method": "lora", "trainable_params": 10, "trainable_pct": 0.5,
+                          "train_examples": 1600, "train_steps": 160},
+            "lora": {"adapter": "l", "method": "lora", "trainable_params": 10, "trainable_pct": 0.5,
+                     "train_examples": 480, "train_steps": 48, "train_seconds": 10},
+            "full": {"adapter": "f", "method": "full", "trainable_params": 2000, "trainable_pct": 100.0,
+                     "train_examples": 480, "train_steps": 48, "train_seconds": 90}}
+    claims = dict(claims_table(build_results(_config(arms_cfg), rows, meta)["arms"]))
+    lora = next(v for k, v in claims.items() if k.startswith("LoRA"))
+    assert "lora F1" in lora and "lora-wide" not in lora
+    layers = next(v for k, v in claims.items() if k.startswith("Tuning more layers"))
+    assert "full (2,000 trainable) vs lora (10)" in layers and "lora-wide" not in layers
+    del meta["full"]["train_examples"]  # a full arm on other data: no pair, so not measured
+    claims = dict(claims_table(build_results(_config(arms_cfg), rows, meta)["arms"]))
+    assert next(v for k, v in claims.items() if k.startswith("LoRA")).startswith(NOT_MEASURED)
+
+
 def test_rebuild_from_jsonl(tmp_path):
     cfg = _config([{"name": "closed-zero-shot"}])
     (tmp_path / "config.json").write_text(json.dumps(cfg.to_dict()))
