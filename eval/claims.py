@@ -1,12 +1,15 @@
 """What a run shows: the generated findings and the claims table. Pure functions over the
-`results.json` dict; every statement is derived from the numbers and calls a difference
-significant only when the 95% bootstrap confidence intervals do not overlap."""
+`results.json` dict; every statement is derived from the numbers. Two arms that answered the same
+questions are compared question by question (a paired bootstrap interval of the difference: a
+difference is significant when that interval excludes 0); otherwise a difference is significant
+only when their separate 95% bootstrap intervals do not overlap."""
 
 from __future__ import annotations
 
-from eval.metrics import cis_overlap
+from eval.metrics import cis_overlap, paired_bootstrap_ci
 
 NOT_MEASURED = "not measured in this run"
+PAIRED_BOOT = 1000
 
 
 def _fmt(arm: str, s: dict, metric: str = "f1") -> str:
@@ -15,17 +18,35 @@ def _fmt(arm: str, s: dict, metric: str = "f1") -> str:
     return f"{arm} {metric.upper()} {s[metric]:.1f}{ci_txt}"
 
 
-def compare(arms: dict, a: str, b: str, metric: str = "f1") -> tuple[str, str]:
-    """(sentence, verdict) comparing arm a with arm b on metric; verdict in higher/lower/same."""
+def per_question(questions: list[dict] | None) -> dict[str, dict[str, dict]]:
+    """{arm: {question id: row}} from results.json's per-question rows, for paired comparisons."""
+    out: dict[str, dict[str, dict]] = {}
+    for row in questions or []:
+        if row.get("arm") is not None and row.get("qid") is not None:
+            out.setdefault(row["arm"], {})[str(row["qid"])] = row
+    return out
+
+
+def compare(arms: dict, a: str, b: str, metric: str = "f1", paired: dict | None = None) -> tuple[str, str]:
+    """(sentence, verdict) comparing arm a with arm b on metric; verdict in higher/lower/same.
+    With `paired` (per_question) rows for both arms over the same questions, the verdict comes from
+    the paired bootstrap interval of the difference; otherwise from whether the arms' CIs overlap."""
     sa, sb = arms[a], arms[b]
     diff = sa[metric] - sb[metric]
-    sig = not cis_overlap(sa[f"{metric}_ci"], sb[f"{metric}_ci"])
-    if sig:
-        verdict = "higher" if diff > 0 else "lower"
-        tail = f"a difference of {diff:+.1f} points, significant (95% CIs do not overlap)"
+    ra, rb = (paired or {}).get(a), (paired or {}).get(b)
+    if ra and rb and ra.keys() == rb.keys() and all(metric in r for r in (*ra.values(), *rb.values())):
+        ids = sorted(ra)
+        lo, hi = (100 * x for x in paired_bootstrap_ci([ra[i][metric] for i in ids], [rb[i][metric] for i in ids],
+                                                      n=PAIRED_BOOT))
+        sig = lo > 0 or hi < 0
+        interval = f"[{lo:+.1f}, {hi:+.1f}] paired by question"
+        tail = (f"a difference of {diff:+.1f} points {interval}, "
+                + ("significant (the interval excludes 0)" if sig else "within noise (the interval includes 0)"))
     else:
-        verdict = "same"
-        tail = f"a difference of {diff:+.1f} points, within noise (95% CIs overlap)"
+        sig = not cis_overlap(sa[f"{metric}_ci"], sb[f"{metric}_ci"])
+        tail = (f"a difference of {diff:+.1f} points, "
+                + ("significant (95% CIs do not overlap)" if sig else "within noise (95% CIs overlap)"))
+    verdict = ("higher" if diff > 0 else "lower") if sig else "same"
     return f"{_fmt(a, sa, metric)} vs {_fmt(b, sb, metric)}: {tail}", verdict
 
 
@@ -45,7 +66,7 @@ def _tuned(arms: dict, mode: str | None = None, questions: str = "eval") -> list
 
 
 # ---------------------------------------------------------------- claims
-def claim_rag_reduces_wrong(arms: dict) -> str:
+def claim_rag_reduces_wrong(arms: dict, paired: dict | None = None) -> str:
     # same prompt style on both sides when possible (zero-shot first), else the best of each
     pairs = [(c, r) for st in ("zero-shot", "few-shot", "cot")
              for c in _untuned(arms, "closed", st) for r in _untuned(arms, "rag", st)]
@@ -53,19 +74,19 @@ def claim_rag_reduces_wrong(arms: dict) -> str:
     if not closed or not rag:
         return NOT_MEASURED + " (needs an untuned closed-book arm and an untuned RAG arm)"
     wc, wr = arms[closed].get("wrong_answer_rate"), arms[rag].get("wrong_answer_rate")
-    sentence, verdict = compare(arms, rag, closed)
+    sentence, verdict = compare(arms, rag, closed, paired=paired)
     wrong = (f"wrong answers (F1 = 0 among non-empty answers): {rag} {wr:.1f}% vs {closed} {wc:.1f}%. "
              if wr is not None and wc is not None else "")
     label = {"higher": "supported", "lower": "contradicted", "same": "not shown (within noise)"}[verdict]
     return f"{label}: {wrong}{sentence}."
 
 
-def claim_cot(arms: dict) -> str:
+def claim_cot(arms: dict, paired: dict | None = None) -> str:
     parts = []
     for mode in ("closed", "rag"):
         cot, zero = _untuned(arms, mode, "cot"), _untuned(arms, mode, "zero-shot")
         if cot and zero:
-            sentence, verdict = compare(arms, cot[0], zero[0])
+            sentence, verdict = compare(arms, cot[0], zero[0], paired=paired)
             label = {"higher": "CoT helped", "lower": "CoT hurt", "same": "no significant effect"}[verdict]
             parts.append(f"{mode}: {label} ({sentence})")
     return "; ".join(parts) + "." if parts else NOT_MEASURED + " (needs a CoT arm and a zero-shot arm of the same mode)"
@@ -83,7 +104,7 @@ def _setup(s: dict) -> tuple:
     return tuple(s.get(key) for key in _SETUP)
 
 
-def claim_lora_vs_full(arms: dict) -> str:
+def claim_lora_vs_full(arms: dict, paired: dict | None = None) -> str:
     tuned = _tuned(arms)
     pairs = [(a, b) for a in tuned if _method(arms[a]) in ("lora", "qlora", "dora")
              for b in tuned if _method(arms[b]) == "full" and _setup(arms[a]) == _setup(arms[b])]
@@ -91,14 +112,14 @@ def claim_lora_vs_full(arms: dict) -> str:
         return NOT_MEASURED + " (needs a LoRA-tuned arm and a full fine-tuning arm on the same data)"
     a, b = pairs[0]
     pa, pb = arms[a].get("trainable_pct"), arms[b].get("trainable_pct")
-    sentence, verdict = compare(arms, a, b)
+    sentence, verdict = compare(arms, a, b, paired=paired)
     close = "quality close to full fine-tuning" if verdict == "same" else (
         "better than full fine-tuning" if verdict == "higher" else "worse than full fine-tuning")
     share = f"LoRA trains {pa:.3g}% of the parameters vs {pb:.3g}%; " if pa is not None and pb is not None else ""
     return f"{share}{close}: {sentence}."
 
 
-def claim_more_layers(arms: dict) -> str:
+def claim_more_layers(arms: dict, paired: dict | None = None) -> str:
     tuned = [n for n in _tuned(arms) if arms[n].get("trainable_params")]
     kinds: dict[tuple, list[str]] = {}
     for n in tuned:
@@ -110,14 +131,14 @@ def claim_more_layers(arms: dict) -> str:
     group = sorted(group, key=lambda n: arms[n]["trainable_params"])
     small, big = group[0], group[-1]
     ts, tb = arms[small].get("train_seconds"), arms[big].get("train_seconds")
-    sentence, verdict = compare(arms, big, small)
+    sentence, verdict = compare(arms, big, small, paired=paired)
     cost = (f"training time {tb:.0f} s vs {ts:.0f} s; " if ts is not None and tb is not None else "")
     gains = {"higher": "gains more", "lower": "gains less", "same": "no significant quality difference"}[verdict]
     return (f"{big} ({arms[big]['trainable_params']:,} trainable) vs {small} ({arms[small]['trainable_params']:,}): "
             f"{cost}{gains} ({sentence}).")
 
 
-def claim_ft_faster(arms: dict) -> str:
+def claim_ft_faster(arms: dict, paired: dict | None = None) -> str:
     ft = _tuned(arms, "closed")
     rag = _untuned(arms, "rag", "zero-shot") or _untuned(arms, "rag")
     if not ft or not rag:
@@ -130,17 +151,17 @@ def claim_ft_faster(arms: dict) -> str:
     pa, pb = arms[a].get("prompt_tokens_mean"), arms[b].get("prompt_tokens_mean")
     toks = f"; prompt tokens {pa:.0f} vs {pb:.0f}" if pa is not None and pb is not None else ""
     return (f"{faster}: p50 latency {a} {la:.0f} ms vs {b} {lb:.0f} ms{toks} "
-            f"(quality: {compare(arms, a, b)[0]}).")
+            f"(quality: {compare(arms, a, b, paired=paired)[0]}).")
 
 
-def claim_forgetting(arms: dict) -> str:
+def claim_forgetting(arms: dict, paired: dict | None = None) -> str:
     base = _untuned(arms, "closed", questions="disjoint")
     tuned = _tuned(arms, questions="disjoint")
     if not base or not tuned:
         return NOT_MEASURED + " (needs closed-book arms on the disjoint set before and after tuning)"
     parts = []
     for t in tuned:
-        sentence, verdict = compare(arms, t, base[0])
+        sentence, verdict = compare(arms, t, base[0], paired=paired)
         label = {"lower": "forgetting measured", "same": "no significant forgetting",
                  "higher": "improved (no forgetting)"}[verdict]
         parts.append(f"{label}: {sentence}")
@@ -157,14 +178,18 @@ CLAIMS = [
 ]
 
 
-def claims_table(arms: dict) -> list[tuple[str, str]]:
-    """[(claim, what this run measured)] for every literature claim."""
-    return [(claim, fn(arms)) for claim, fn in CLAIMS]
+def claims_table(arms: dict, questions: list[dict] | None = None) -> list[tuple[str, str]]:
+    """[(claim, what this run measured)] for every literature claim; `questions` (results.json's
+    per-question rows) makes comparisons of arms over the same questions paired."""
+    paired = per_question(questions)
+    return [(claim, fn(arms, paired)) for claim, fn in CLAIMS]
 
 
 # ---------------------------------------------------------------- findings
-def findings(arms: dict) -> list[str]:
-    """Short statements the numbers support, for the "what this shows" section."""
+def findings(arms: dict, questions: list[dict] | None = None) -> list[str]:
+    """Short statements the numbers support, for the "what this shows" section (`questions`: as in
+    claims_table)."""
+    paired = per_question(questions)
     out: list[str] = []
     main = {n: s for n, s in arms.items() if s.get("n") and s.get("questions", "eval") == "eval"}
     if not main:
@@ -172,14 +197,14 @@ def findings(arms: dict) -> list[str]:
     ranked = sorted(main, key=lambda n: main[n]["f1"], reverse=True)
     best = ranked[0]
     if len(ranked) > 1:
-        sentence, verdict = compare(main, best, ranked[1])
+        sentence, verdict = compare(main, best, ranked[1], paired=paired)
         lead = "is significantly ahead of" if verdict == "higher" else "is not significantly ahead of"
         out.append(f"Best arm by F1: {best} ({main[best]['f1']:.1f}); it {lead} the runner-up {ranked[1]} ({sentence}).")
     else:
         out.append(f"Only one arm: {_fmt(best, main[best])}.")
-    ties = [n for n in ranked[1:] if cis_overlap(main[n]["f1_ci"], main[best]["f1_ci"])]
+    ties = [n for n in ranked[1:] if compare(main, best, n, paired=paired)[1] == "same"]
     if ties:
-        out.append(f"Arms whose F1 CI overlaps the best arm's (not distinguishable here): {', '.join(ties)}.")
+        out.append(f"Arms not distinguishable from the best one here (F1 difference within noise): {', '.join(ties)}.")
     rag = [n for n in ranked if main[n].get("recall_at_k") is not None]
     for n in rag[:1]:
         s = main[n]
@@ -199,5 +224,6 @@ def findings(arms: dict) -> list[str]:
                    f"slowest {slow} {main[slow]['latency_p50_ms']:.0f} ms.")
     n = main[best]["n"]
     width = main[best]["f1_ci"][1] - main[best]["f1_ci"][0]
-    out.append(f"With {n} questions the 95% CI of F1 is about {width:.1f} points wide; smaller differences are not evidence.")
+    out.append(f"With {n} questions the 95% CI of F1 is about {width:.1f} points wide; arms that answered the same "
+               "questions are compared question by question (paired), which can resolve smaller differences.")
     return out

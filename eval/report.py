@@ -269,9 +269,9 @@ def render_markdown(results: dict, images: list[str]) -> str:
               "EM/F1/recall/support/citation values are percentages; CIs are 95% bootstrap intervals.", "",
               _md_table(header, body), ""]
     parts += [f"![{Path(img).stem}]({img})" for img in images]
-    parts += ["", "## What this shows", ""] + [f"- {f}" for f in findings(results["arms"])]
+    parts += ["", "## What this shows", ""] + [f"- {f}" for f in findings(results["arms"], results.get("questions"))]
     parts += ["", "## Claims from the literature, as measured here", "",
-              _md_table(["claim", "this run"], [list(r) for r in claims_table(results["arms"])]), ""]
+              _md_table(["claim", "this run"], [list(r) for r in claims_table(results["arms"], results.get("questions"))]), ""]
     return "\n".join(parts)
 
 
@@ -293,9 +293,9 @@ def render_html(results: dict, out_dir: Path, images: list[str]) -> str:
         "".join(f"<li>{esc(line)}</li>" for line in _setup_lines(results)), "</ul>",
         "<h2>Results per arm</h2><p>EM/F1/recall/support/citation values are percentages; "
         "CIs are 95% bootstrap intervals.</p>", _html_table(header, body), "".join(imgs),
-        "<h2>What this shows</h2><ul>", "".join(f"<li>{esc(f)}</li>" for f in findings(results["arms"])), "</ul>",
+        "<h2>What this shows</h2><ul>", "".join(f"<li>{esc(f)}</li>" for f in findings(results["arms"], results.get("questions"))), "</ul>",
         "<h2>Claims from the literature, as measured here</h2>",
-        _html_table(["claim", "this run"], [list(r) for r in claims_table(results["arms"])]),
+        _html_table(["claim", "this run"], [list(r) for r in claims_table(results["arms"], results.get("questions"))]),
         "</body></html>"])
 
 

@@ -3,7 +3,7 @@
 import json
 import random
 
-from eval.claims import NOT_MEASURED, claims_table, compare, findings
+from eval.claims import NOT_MEASURED, claims_table, compare, findings, per_question
 from eval.config import config_from_dict
 from eval.report import build_results, rebuild, write_reports
 from eval.scoring import score_row, summarize_arm
@@ -100,6 +100,30 @@ def test_compare_significance_uses_ci_overlap():
     assert compare(arms, "a", "b")[1] == "same"
     assert compare(arms, "a", "c")[1] == "higher"
     assert compare(arms, "c", "a")[1] == "lower"
+
+
+def test_compare_pairs_arms_that_answered_the_same_questions():
+    # question difficulty varies a lot, arm a is better on 15 of 200 questions and worse on none:
+    # the separate CIs overlap, the paired interval of the difference does not include 0
+    rng = random.Random(0)
+    base = [rng.choice([0.0, 0.3, 1.0]) for _ in range(200)]
+    better = set(rng.sample([i for i, v in enumerate(base) if v < 1.0], 15))
+    rows = [{"arm": "b", "qid": str(i), "f1": v} for i, v in enumerate(base)]
+    rows += [{"arm": "a", "qid": str(i), "f1": 1.0 if i in better else v} for i, v in enumerate(base)]
+    arms = {name: {"f1": 100 * sum(r["f1"] for r in rows if r["arm"] == name) / 200} for name in "ab"}
+    for name in "ab":
+        arms[name]["f1_ci"] = [arms[name]["f1"] - 6.0, arms[name]["f1"] + 6.0]
+    assert arms["a"]["f1"] - arms["b"]["f1"] < 12.0  # so the separate CIs overlap
+    assert compare(arms, "a", "b")[1] == "same"
+    sentence, verdict = compare(arms, "a", "b", paired=per_question(rows))
+    assert verdict == "higher" and "paired by question" in sentence and "excludes 0" in sentence
+    assert compare(arms, "b", "a", paired=per_question(rows))[1] == "lower"
+    # not the same questions (one missing): no pairing, back to the CIs
+    assert compare(arms, "a", "b", paired=per_question(rows[1:]))[1] == "same"
+    # the same scores on every question: within noise
+    same = rows[:200] + [{**r, "arm": "a"} for r in rows[:200]]
+    arms["a"] = dict(arms["b"])
+    assert compare(arms, "a", "b", paired=per_question(same))[1] == "same"
 
 
 def test_forgetting_and_lora_vs_full_claims():

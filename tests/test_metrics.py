@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from eval.metrics import (bootstrap_ci, citation_correct, cis_overlap, contains_answer, exact_match, is_supported,
+from eval.metrics import (bootstrap_ci, paired_bootstrap_ci, citation_correct, cis_overlap, contains_answer, exact_match, is_supported,
                           mrr_at_k, ndcg_at_k, normalize_answer, percentile, recall_at_k, support_score, token_f1)
 
 
@@ -150,3 +150,14 @@ def test_citation_correct():
     assert citation_correct([1, 2], sources, ["1889"])
     assert not citation_correct([3, 0], sources, ["1889"])  # out of range
     assert not citation_correct([], sources, ["1889"])
+
+
+def test_paired_bootstrap_ci_of_a_difference():
+    a = [0.0, 1.0, 0.5, 1.0, 0.0, 1.0] * 20
+    assert paired_bootstrap_ci(a, a, n=200) == (0.0, 0.0)
+    lo, hi = paired_bootstrap_ci([x + 0.1 for x in a], a, n=200, seed=3)
+    assert abs(lo - 0.1) < 1e-9 and abs(hi - 0.1) < 1e-9  # a constant shift: no spread at all
+    lo, hi = paired_bootstrap_ci([1.0] * 60 + [0.0] * 60, [0.0] * 60 + [1.0] * 60, n=500)
+    assert lo < 0 < hi
+    with pytest.raises(ValueError, match="equal lengths"):
+        paired_bootstrap_ci([1.0], [1.0, 0.0])
