@@ -86,29 +86,35 @@ async def _await_job(job: GenJob) -> Any:
         raise
 
 
-DISCONNECT_POLL_S = 0.25
-"""How often a waiting request checks that its client is still connected."""
+async def _client_left(request: Request) -> None:
+    """Returns once the client has disconnected (the server's `http.disconnect` message). The route
+    has read its body already, so the only message left to come is that one."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
 
 
 async def _unless_client_leaves(request: Request, work: Awaitable) -> Any:
     """Await a route's `work`; if the client disconnects first, cancel it (its queued or running
-    generation jobs are cancelled in turn, `_await_job`) and answer 499 to nobody. Streams return
-    their response at once: Starlette cancels a stream whose client has gone."""
+    generation jobs are cancelled in turn, `_await_job`) and answer 499 to nobody. Event-driven: no
+    polling while the work waits. Streams return their response at once: Starlette cancels a stream
+    whose client has gone."""
     task = asyncio.ensure_future(work)
+    gone = asyncio.ensure_future(_client_left(request))
     try:
-        while True:
-            done, _ = await asyncio.wait({task}, timeout=DISCONNECT_POLL_S)
-            if done:
-                return task.result()
-            if await request.is_disconnected():
-                task.cancel()
-                await asyncio.wait({task})
-                if not task.cancelled():
-                    task.exception()  # retrieved: whatever it was, nobody is there to hear it
-                return Response(status_code=499)
+        await asyncio.wait({task, gone}, return_when=asyncio.FIRST_COMPLETED)
+        if task.done():
+            return task.result()
+        if gone.exception() is not None:  # the server cannot tell us: just wait for the work
+            return await task
+        task.cancel()
+        await asyncio.wait({task})
+        if not task.cancelled():
+            task.exception()  # retrieved: whatever it was, nobody is there to hear it
+        return Response(status_code=499)
     finally:
-        if not task.done():  # this request itself was cancelled (shutdown)
-            task.cancel()
+        for t in (task, gone):
+            if not t.done():  # the work finished first, or this request itself was cancelled (shutdown)
+                t.cancel()
 
 
 def _sse(event: str, data: Any) -> str:
