@@ -260,7 +260,7 @@ def _setup_lines(results: dict) -> list[str]:
     return lines
 
 
-def render_markdown(results: dict, images: list[str]) -> str:
+def render_markdown(results: dict, images: list[str], shows: list[str], claims: list[tuple[str, str]]) -> str:
     header, body = arm_table(results["arms"])
     parts = [f"# ragtune evaluation: {results.get('config', {}).get('name', '')}", "",
              f"Generated {results.get('created', '')}.", "", "## Setup", ""]
@@ -269,13 +269,14 @@ def render_markdown(results: dict, images: list[str]) -> str:
               "EM/F1/recall/support/citation values are percentages; CIs are 95% bootstrap intervals.", "",
               _md_table(header, body), ""]
     parts += [f"![{Path(img).stem}]({img})" for img in images]
-    parts += ["", "## What this shows", ""] + [f"- {f}" for f in findings(results["arms"], results.get("questions"))]
+    parts += ["", "## What this shows", ""] + [f"- {f}" for f in shows]
     parts += ["", "## Claims from the literature, as measured here", "",
-              _md_table(["claim", "this run"], [list(r) for r in claims_table(results["arms"], results.get("questions"))]), ""]
+              _md_table(["claim", "this run"], [list(r) for r in claims]), ""]
     return "\n".join(parts)
 
 
-def render_html(results: dict, out_dir: Path, images: list[str]) -> str:
+def render_html(results: dict, out_dir: Path, images: list[str], shows: list[str],
+                claims: list[tuple[str, str]]) -> str:
     header, body = arm_table(results["arms"])
     imgs = []
     for img in images:
@@ -293,9 +294,9 @@ def render_html(results: dict, out_dir: Path, images: list[str]) -> str:
         "".join(f"<li>{esc(line)}</li>" for line in _setup_lines(results)), "</ul>",
         "<h2>Results per arm</h2><p>EM/F1/recall/support/citation values are percentages; "
         "CIs are 95% bootstrap intervals.</p>", _html_table(header, body), "".join(imgs),
-        "<h2>What this shows</h2><ul>", "".join(f"<li>{esc(f)}</li>" for f in findings(results["arms"], results.get("questions"))), "</ul>",
+        "<h2>What this shows</h2><ul>", "".join(f"<li>{esc(f)}</li>" for f in shows), "</ul>",
         "<h2>Claims from the literature, as measured here</h2>",
-        _html_table(["claim", "this run"], [list(r) for r in claims_table(results["arms"], results.get("questions"))]),
+        _html_table(["claim", "this run"], [list(r) for r in claims]),
         "</body></html>"])
 
 
@@ -304,10 +305,13 @@ def write_reports(results: dict, out_dir: Path) -> dict:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     images = [p.name for p in write_plots(results, out_dir)]
+    # paired comparisons bootstrap every pair of arms they name: derive the text once for both formats
+    shows = findings(results["arms"], results.get("questions"))
+    claims = claims_table(results["arms"], results.get("questions"))
     md = out_dir / "report.md"
-    md.write_text(render_markdown(results, images), encoding="utf-8")
+    md.write_text(render_markdown(results, images, shows, claims), encoding="utf-8")
     page = out_dir / "report.html"
-    page.write_text(render_html(results, out_dir, images), encoding="utf-8")
+    page.write_text(render_html(results, out_dir, images, shows, claims), encoding="utf-8")
     return {"markdown": md, "html": page, "images": [out_dir / i for i in images]}
 
 
