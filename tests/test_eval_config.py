@@ -14,11 +14,15 @@ ARMS = [{"name": "closed", "mode": "closed"}, {"name": "rag", "mode": "rag", "st
 
 
 def test_shipped_configs_load():
-    for name in ("quick", "squad", "squad-ablations"):
+    for name in ("quick", "squad", "squad-ablations", "squad-1.5b"):
         cfg = load_config(ROOT / "eval" / "configs" / f"{name}.yaml")
         assert cfg.arms and len({a.name for a in cfg.arms}) == len(cfg.arms)
         assert cfg.path(cfg.data).name == "squad-dev-v1.1.json.gz"
     squad = load_config(ROOT / "eval" / "configs" / "squad.yaml")
+    # the 1.5B config runs squad.yaml's tuned reader unchanged: only the model differs
+    larger = load_config(ROOT / "eval" / "configs" / "squad-1.5b.yaml")
+    assert larger.model == "qwen2.5-1.5b" and (larger.limit, larger.seed, larger.sample) == (squad.limit, squad.seed, squad.sample)
+    assert [a for a in squad.arms if a.name == "ft-rag"] == larger.arms
     assert squad.limit >= 500 and squad.model == "qwen2.5-0.5b"
     modes = {(a.mode, a.style, a.tuned) for a in squad.arms}
     for mode in ("closed", "rag"):
