@@ -196,13 +196,14 @@ def findings(arms: dict, questions: list[dict] | None = None) -> list[str]:
         return ["No arm produced answers."]
     ranked = sorted(main, key=lambda n: main[n]["f1"], reverse=True)
     best = ranked[0]
+    against_best = {n: compare(main, best, n, paired=paired) for n in ranked[1:]}  # each pair bootstrapped once
     if len(ranked) > 1:
-        sentence, verdict = compare(main, best, ranked[1], paired=paired)
+        sentence, verdict = against_best[ranked[1]]
         lead = "is significantly ahead of" if verdict == "higher" else "is not significantly ahead of"
         out.append(f"Best arm by F1: {best} ({main[best]['f1']:.1f}); it {lead} the runner-up {ranked[1]} ({sentence}).")
     else:
         out.append(f"Only one arm: {_fmt(best, main[best])}.")
-    ties = [n for n in ranked[1:] if compare(main, best, n, paired=paired)[1] == "same"]
+    ties = [n for n in ranked[1:] if against_best[n][1] == "same"]
     if ties:
         out.append(f"Arms not distinguishable from the best one here (F1 difference within noise): {', '.join(ties)}.")
     rag = [n for n in ranked if main[n].get("recall_at_k") is not None]

@@ -4,8 +4,9 @@ import math
 
 import pytest
 
-from eval.metrics import (bootstrap_ci, paired_bootstrap_ci, citation_correct, cis_overlap, contains_answer, exact_match, is_supported,
-                          mrr_at_k, ndcg_at_k, normalize_answer, percentile, recall_at_k, support_score, token_f1)
+from eval.metrics import (bootstrap_ci, citation_correct, cis_overlap, contains_answer, exact_match, is_supported,
+                          mrr_at_k, ndcg_at_k, normalize_answer, paired_bootstrap_ci, percentile, recall_at_k,
+                          support_score, token_f1)
 
 
 # ---- SQuAD normalisation (official v1.1: lower -> drop punctuation -> drop articles -> fold whitespace)
